@@ -1,0 +1,64 @@
+"""``python -m nfl fit|validate|test|predict --config FILE``: LightningCLI wiring of data, backbone and objective.
+
+The task's size (degree, path_len, num_nodes) and encoding (reverse) are set once, on the data module, and
+linked into the system, which builds the backbone for that vocabulary and sequence length.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from nfl.callbacks import CheckpointOnInterrupt
+from nfl.data.datamodule import PathStarDataModule
+from nfl.system import PathStarSystem
+
+LINKED = ("degree", "path_len", "num_nodes", "reverse")
+
+
+class NFLCLI(LightningCLI):
+    """LightningCLI with the data -> model links and an optional test run right after ``fit``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for name in LINKED:
+            parser.link_arguments(f"data.init_args.{name}", f"model.{name}")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="After fit, run the test set on the final weights and log test/* to the same run.",
+        )
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+def trainer_defaults() -> dict:
+    """Defaults a config can override: TensorBoard under lightning_logs/; a checkpoint on Ctrl-C."""
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
+        },
+        # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
+        # configs set ModelCheckpoint (save_last: true) themselves.
+        "callbacks": [CheckpointOnInterrupt()],
+        "check_val_every_n_epoch": None,
+    }
+
+
+def main(args: ArgsType = None) -> Optional[NFLCLI]:
+    """Run the CLI; ``args`` (a list of strings) lets tests call it in-process."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return NFLCLI(
+        PathStarSystem,
+        PathStarDataModule,
+        subclass_mode_data=True,
+        trainer_defaults=trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+

@@ -1,0 +1,271 @@
+"""LightningDataModule for path-star tasks: seeded streaming or finite training data, a fixed held-out set.
+
+Every dataset here yields whole batches (the generator is vectorised), indexed by a *batch number*. Batch
+``b`` of rank ``r`` is a pure function of ``(seed, r, b)``, so the stream is
+
+- reproducible for a seed, whatever the number of loader workers (worker ``w`` of ``W`` makes batches
+  ``w, w+W, ...`` and the DataLoader interleaves them back in order);
+- distinct across distributed ranks (the rank is part of every batch's seed, or picks its own slice of the
+  finite set's per-epoch permutation);
+- resumable: after ``--ckpt_path`` the stream restarts at batch ``global_step * accumulate_grad_batches``,
+  exactly where the interrupted run stopped.
+
+The held-out set comes from ``test_seed`` (or ``test_file``) and is split across ranks, never duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterator, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from nfl.data.path_star import graph_keys, read_file, sample_graphs
+from nfl.data.vocab import PathStarTask
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (prefix (B, P), target (B, l)), int64 on CPU
+
+_STREAM, _EPOCH_ORDER, _TEST, _RESAMPLE = 0, 1, 2, 3  # salts that keep the seed streams apart
+
+
+def _worker_slice() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool) -> Batch:
+    if reverse:
+        target = target[:, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(prefix)), torch.from_numpy(np.ascontiguousarray(target))
+
+
+def sample_excluding(
+    rng: np.random.Generator, n: int, task: PathStarTask, excluded: Optional[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` graphs, redrawing any whose :func:`graph_keys` is in the sorted array ``excluded``."""
+    prefix, target = sample_graphs(rng, n, task)
+    if excluded is None or len(excluded) == 0:
+        return prefix, target
+    for _ in range(100):
+        hit = np.isin(graph_keys(prefix, task), excluded, assume_unique=False)
+        if not hit.any():
+            return prefix, target
+        prefix[hit], target[hit] = sample_graphs(rng, int(hit.sum()), task)
+    raise RuntimeError(
+        f"Could not draw training graphs outside the held-out set for G({task.degree},{task.path_len},"
+        f"{task.num_nodes}) after 100 tries: the test set covers nearly every possible graph. "
+        "Lower n_test, raise num_nodes, or set exclude_test: false."
+    )
+
+
+class TrainBatches(IterableDataset):
+    """An endless sequence of training batches starting at ``start_batch``.
+
+    With ``graphs`` (a finite set) each epoch is a fresh seeded permutation split across ranks (the last
+    partial batch of an epoch is dropped); without, every batch is newly generated.
+    """
+
+    def __init__(
+        self,
+        task: PathStarTask,
+        batch_size: int,
+        seed: int,
+        reverse: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+        graphs: Optional[tuple[np.ndarray, np.ndarray]] = None,
+        excluded: Optional[np.ndarray] = None,
+    ) -> None:
+        self.task, self.batch_size, self.seed, self.reverse = task, batch_size, seed, reverse
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.graphs, self.excluded = graphs, excluded
+        if graphs is not None:
+            self.batches_per_epoch = len(graphs[1]) // (batch_size * world_size)
+            if self.batches_per_epoch == 0:
+                raise ValueError(
+                    f"n_train={len(graphs[1])} graphs cannot fill one batch of {batch_size} on each of "
+                    f"{world_size} rank(s); raise n_train or lower batch_size."
+                )
+
+    def batch(self, b: int) -> Batch:
+        """Batch number ``b`` of this rank: deterministic in (seed, rank, b)."""
+        if self.graphs is None:
+            rng = np.random.default_rng([self.seed, _STREAM, self.rank, b])
+            return _to_batch(*sample_excluding(rng, self.batch_size, self.task, self.excluded), self.reverse)
+        epoch, j = divmod(b, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, _EPOCH_ORDER, epoch]).permutation(len(self.graphs[1]))
+        first = (j * self.world_size + self.rank) * self.batch_size
+        idx = order[first : first + self.batch_size]
+        return _to_batch(self.graphs[0][idx], self.graphs[1][idx], self.reverse)
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker, n_workers = _worker_slice()
+        b = self.start_batch + worker
+        while True:
+            yield self.batch(b)
+            b += n_workers
+
+
+class EvalBatches(IterableDataset):
+    """A fixed set of graphs in order, this rank's share only (graphs ``rank::world_size``), in batches."""
+
+    def __init__(
+        self,
+        graphs: tuple[np.ndarray, np.ndarray],
+        batch_size: int,
+        reverse: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.prefix, self.target = graphs[0][rank::world_size], graphs[1][rank::world_size]
+        self.batch_size, self.reverse = batch_size, reverse
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.target) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        worker, n_workers = _worker_slice()
+        for i in range(worker, len(self), n_workers):
+            s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            yield _to_batch(self.prefix[s], self.target[s], self.reverse)
+
+
+class PathStarDataModule(pl.LightningDataModule):
+    """Path-star G(degree, path_len, num_nodes) training and held-out data (SPEC §5).
+
+    Args:
+        degree: number of arms ``d``.
+        path_len: nodes on the answer path ``l`` (start and goal included).
+        num_nodes: label range ``N``; the vocabulary is ``N + 4``.
+        reverse: train and evaluate on the reversed path (goal first).
+        batch_size: training batch size per rank.
+        eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
+        n_train: finite training set size (epochs over it, reshuffled each epoch); ``null`` streams fresh
+            graphs forever.
+        n_test: held-out graphs drawn from ``test_seed`` (ignored with ``test_file``).
+        n_val: how many of the held-out graphs each validation run uses (default: all).
+        n_train_eval: also evaluate this many training graphs at validation time, logged under
+            ``train_eval/`` (0 = off).
+        seed: seed of the training data.
+        test_seed: seed of the held-out set.
+        exclude_test: never train on a graph of the held-out set (same edges and query, any edge order).
+        train_file: train on this reference-format file (finite mode) instead of generated graphs.
+        test_file: take the held-out set from this reference-format file.
+        num_workers: DataLoader worker processes generating training batches.
+    """
+
+    def __init__(
+        self,
+        degree: int = 2,
+        path_len: int = 5,
+        num_nodes: int = 50,
+        reverse: bool = False,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        n_train: Optional[int] = None,
+        n_test: int = 20000,
+        n_val: Optional[int] = None,
+        n_train_eval: int = 0,
+        seed: int = 0,
+        test_seed: int = 1,
+        exclude_test: bool = True,
+        train_file: Optional[str] = None,
+        test_file: Optional[str] = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.task = PathStarTask(degree, path_len, num_nodes)  # raises at config time if infeasible
+        for name, value in (("batch_size", batch_size), ("n_test", n_test)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if n_train is not None and n_train < 1:
+            raise ValueError(f"n_train must be >= 1 or null (stream), got {n_train}.")
+        self.reverse, self.batch_size = reverse, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.n_train, self.n_test, self.n_val, self.n_train_eval = n_train, n_test, n_val, n_train_eval
+        self.seed, self.test_seed, self.exclude_test = seed, test_seed, exclude_test
+        self.train_file, self.test_file, self.num_workers = train_file, test_file, num_workers
+        self.test_graphs: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self.train_graphs: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._excluded: Optional[np.ndarray] = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    # --- building the sets ---------------------------------------------------------------------------
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.test_graphs is None:
+            if self.test_file:
+                self.test_graphs = read_file(self.test_file, self.task)
+            else:
+                rng = np.random.default_rng([self.test_seed, _TEST])
+                self.test_graphs = sample_graphs(rng, self.n_test, self.task)
+            if self.exclude_test:
+                self._excluded = np.unique(graph_keys(self.test_graphs[0], self.task))
+        if stage in (None, "fit", "validate") and self.train_graphs is None:
+            if self.train_file:
+                self.train_graphs = self._drop_test_graphs(read_file(self.train_file, self.task), self.train_file)
+            elif self.n_train is not None:
+                rng = np.random.default_rng([self.seed, _RESAMPLE])
+                self.train_graphs = sample_excluding(rng, self.n_train, self.task, self._excluded)
+
+    def _drop_test_graphs(self, graphs: tuple[np.ndarray, np.ndarray], source: str) -> tuple[np.ndarray, np.ndarray]:
+        if self._excluded is None:
+            return graphs
+        keep = ~np.isin(graph_keys(graphs[0], self.task), self._excluded)
+        if not keep.all():
+            log.warning("%s: dropped %d training graphs that are in the held-out set.", source, (~keep).sum())
+        return graphs[0][keep], graphs[1][keep]
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
+    def train_batches(self, start_batch: int = 0) -> TrainBatches:
+        rank, world = self._rank()
+        return TrainBatches(
+            self.task, self.batch_size, self.seed, self.reverse, rank, world, start_batch, self.train_graphs,
+            self._excluded,
+        )
+
+    # --- loaders -------------------------------------------------------------------------------------
+    def _loader(self, dataset: IterableDataset, workers: int = 0) -> DataLoader:
+        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        start = 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
+        if start:
+            log.info("Resuming the training stream at batch %d.", start)
+        return self._loader(self.train_batches(start), self.num_workers)
+
+    def _eval(self, graphs: tuple[np.ndarray, np.ndarray], n: Optional[int] = None) -> DataLoader:
+        rank, world = self._rank()
+        graphs = (graphs[0][:n], graphs[1][:n]) if n is not None else graphs
+        return self._loader(EvalBatches(graphs, self.eval_batch_size, self.reverse, rank, world))
+
+    def val_dataloader(self) -> list[DataLoader]:
+        loaders = [self._eval(self.test_graphs, self.n_val)]
+        if self.n_train_eval:
+            if self.train_graphs is not None:
+                sample = self.train_graphs
+            else:  # the first training batches rank 0 sees, regenerated
+                stream = TrainBatches(self.task, self.batch_size, self.seed, False, excluded=self._excluded)
+                batches = [stream.batch(b) for b in range(math.ceil(self.n_train_eval / self.batch_size))]
+                sample = tuple(torch.cat(parts).numpy() for parts in zip(*batches))
+            loaders.append(self._eval(sample, self.n_train_eval))
+        return loaders
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval(self.test_graphs)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval(self.test_graphs)

@@ -1,0 +1,6 @@
+"""Backbones: sequence models mapping token ids to hidden states (see :mod:`nfl.models.base`)."""
+
+from nfl.models.base import Backbone
+from nfl.models.gpt import GPT
+
+__all__ = ["Backbone", "GPT"]

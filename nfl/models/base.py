@@ -1,0 +1,35 @@
+"""The backbone contract: token ids in, hidden states out, plus the (tied) unembedding.
+
+A backbone never sees targets, dummy tokens, losses or extra heads; objectives own all of that. Each backbone
+is built as ``Backbone(vocab_size, max_seq_len, **its_own_options)``: the first two arguments come from the
+data (linked by the CLI), the rest from the YAML.
+
+Incremental decoding goes through a backbone-specific cache: ``cache = backbone.new_cache(B, max_len)``, then
+``backbone(idx, cache)`` consumes ``idx`` as the tokens that follow everything already in the cache, and
+updates the cache in place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class of every sequence model nfl trains."""
+
+    vocab_size: int
+    max_seq_len: int
+    d_model: int
+
+    def forward(self, idx: torch.Tensor, cache: Optional[Any] = None) -> torch.Tensor:  # (B, T) -> (B, T, D)
+        raise NotImplementedError
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int, max_len: int) -> Any:
+        """State for incremental decoding of up to ``max_len`` tokens in total."""
+        raise NotImplementedError

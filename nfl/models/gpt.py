@@ -1,0 +1,142 @@
+"""GPT: a decoder-only Transformer backbone (pre-LayerNorm, learned positions, tied embeddings, SDPA).
+
+References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT for the layout. The reference size for the
+path-star task (Bachmann & Nagarajan 2024) is 6 layers, width 384, 6 heads.
+
+Unlike the reference code, the position embedding starts at N(0, 0.02) like every other weight: PyTorch's
+N(0, 1) default makes positions ~50x louder than tokens and stalls small models at chance (SPEC §7).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nfl.models.base import Backbone
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, filled left to right by :meth:`GPT.forward`."""
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_dim: int, like: torch.Tensor):
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.k = [like.new_empty(shape) for _ in range(n_layer)]
+        self.v = [like.new_empty(shape) for _ in range(n_layer)]
+        self.pos = 0  # tokens already cached
+        self.max_len = max_len
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_head: int, dropout: float, bias: bool):
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
+        mask, causal = None, True  # (B, H, T, hd) each
+        if cache is not None:
+            past = cache.pos
+            cache.k[layer][:, :, past : past + T] = k
+            cache.v[layer][:, :, past : past + T] = v
+            k, v = cache.k[layer][:, :, : past + T], cache.v[layer][:, :, : past + T]  # (B, H, past+T, hd)
+            if past:  # new queries see every cached key and the new keys up to themselves
+                causal = False
+                if T > 1:
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_head: int, dropout: float, bias: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(d_model, bias=bias)
+        self.attn = CausalSelfAttention(d_model, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(d_model, bias=bias)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model, bias=bias),
+            nn.GELU(),
+            nn.Linear(4 * d_model, d_model, bias=bias),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(Backbone):
+    """Decoder-only Transformer.
+
+    Args:
+        vocab_size: token ids are ``0..vocab_size-1`` (linked from the data).
+        max_seq_len: longest input, i.e. the number of learned positions (linked from the data).
+        n_layer: Transformer blocks.
+        d_model: residual width.
+        n_head: attention heads (must divide ``d_model``).
+        dropout: dropout on attention weights, MLP output and embeddings.
+        bias: biases in linear layers and LayerNorms.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int,
+        n_layer: int = 6,
+        d_model: int = 384,
+        n_head: int = 6,
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if d_model % n_head:
+            raise ValueError(f"GPT: n_head={n_head} must divide d_model={d_model}.")
+        self.vocab_size, self.max_seq_len, self.d_model = vocab_size, max_seq_len, d_model
+        self.n_layer, self.n_head = n_layer, n_head
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(max_seq_len, d_model)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, bias) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d_model, bias=bias)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+        B, T = idx.shape
+        start = 0 if cache is None else cache.pos
+        if start + T > self.max_seq_len:
+            raise ValueError(f"GPT: sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}.")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.pos += T
+        return self.ln_f(x)  # (B, T, D)
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.tok_emb.weight)  # tied: (..., V)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        ref = self.tok_emb.weight
+        if torch.is_autocast_enabled(ref.device.type):
+            ref = ref.to(torch.get_autocast_dtype(ref.device.type))
+        return KVCache(self.n_layer, batch_size, self.n_head, max_len, self.d_model // self.n_head, ref)

@@ -1,0 +1,52 @@
+"""The objective contract: how (prefix, target) pairs become model inputs, a loss, and decoded predictions.
+
+An objective is an ``nn.Module`` so that any parameters it adds (extra output heads) are trained,
+checkpointed and restored with the system. The system calls :meth:`Objective.bind` once, before training,
+with the task and the backbone; nothing in the backbone knows which objective is in use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nfl.data.vocab import PathStarTask
+from nfl.models.base import Backbone
+
+
+@dataclass
+class ObjectiveOutput:
+    """What one training / teacher-forced pass gives back."""
+
+    loss: torch.Tensor  # scalar, mean over target tokens
+    logits: torch.Tensor  # (B, l, V): the prediction of each target position, used for teacher-forced metrics
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # objective-specific, logged as given
+
+
+class Objective(nn.Module):
+    """Base class of training objectives."""
+
+    task: PathStarTask
+
+    def bind(self, task: PathStarTask, backbone: Backbone) -> None:
+        """Attach to a task and backbone; objectives with parameters create them here."""
+        self.task = task
+
+    def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def decode(self, backbone: Backbone, prefix: torch.Tensor) -> torch.Tensor:
+        """Free-running prediction of the target (B, l) from the prefix alone."""
+        raise NotImplementedError
+
+    def target_logits(self, backbone: Backbone, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (B, l, V) at the ``l`` positions that predict the target: the ``=`` and the ``l-1`` after it."""
+        hidden = backbone(inputs)[:, self.task.prefix_len - 1 :]  # (B, l, D)
+        return backbone.unembed(hidden)
+
+
+def target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (B, l, V) logits against (B, l) targets, in float32 whatever the autocast."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())

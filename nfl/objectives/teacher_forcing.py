@@ -1,0 +1,37 @@
+"""Teacher forcing: next-token prediction on the answer, with the true previous tokens as input (SPEC §2).
+
+Input ``prefix + target[:-1]``; cross-entropy on the ``l`` target positions only (the prefix is never a
+loss target). Decoding is greedy and autoregressive. This is the objective whose failure on path-star
+graphs (the Clever-Hans cheat) the paper describes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nfl.decoding import greedy_decode
+from nfl.models.base import Backbone
+from nfl.objectives.base import Objective, ObjectiveOutput, target_cross_entropy
+
+
+class TeacherForcing(Objective):
+    """Next-token prediction with teacher forcing.
+
+    Args:
+        use_cache: decode with the backbone's cache (KV cache / recurrent state) instead of re-running the
+            whole sequence at every step; both give identical tokens.
+    """
+
+    def __init__(self, use_cache: bool = True) -> None:
+        super().__init__()
+        self.use_cache = use_cache
+
+    def inputs(self, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.cat([prefix, target[:, :-1]], dim=1)  # (B, P + l - 1)
+
+    def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
+        logits = self.target_logits(backbone, self.inputs(prefix, target))
+        return ObjectiveOutput(target_cross_entropy(logits, target), logits)
+
+    def decode(self, backbone: Backbone, prefix: torch.Tensor) -> torch.Tensor:
+        return greedy_decode(backbone, prefix, self.task.target_len, self.use_cache)

@@ -1,0 +1,143 @@
+"""The LightningModule: a backbone and an objective wired into training, evaluation and optimisation.
+
+"Models vs systems": the backbone (GPT, Mamba, ...) and the objective (teacher forcing, teacherless, ...)
+are injected, each chosen by ``class_path`` in the YAML. The system owns what is common to all of them:
+the optimiser and schedule, metrics and logging, and the evaluation loop.
+
+Logged keys (the user interface, see README): ``train/loss``, ``train/lr``; at validation and test,
+``{val,test}/loss`` (teacher-forced), ``exact_match``, ``free/pos_{i}``, ``tf/pos_{i}``, ``tf/pos_ge3``,
+``decision_acc``, ``chance``, ``edge_follow_rate``, ``wrong_arm_rate``; ``train_eval/...`` for the optional
+training sample.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, Optional
+
+import lightning.pytorch as pl
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from nfl.data.vocab import PathStarTask
+from nfl.metrics import PathStarMetrics
+from nfl.models.base import Backbone
+from nfl.objectives.base import Objective
+from nfl.objectives.teacher_forcing import TeacherForcing
+from nfl.schedules import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class PathStarSystem(pl.LightningModule):
+    """Trains a backbone with an objective on a path-star task.
+
+    Args:
+        backbone: the sequence model, e.g. ``class_path: nfl.models.GPT``; it is built here with the
+            vocabulary size and sequence length of the data.
+        objective: e.g. ``nfl.objectives.TeacherForcing`` (default) or ``nfl.objectives.Teacherless``.
+        degree, path_len, num_nodes, reverse: the task; linked from the data module, not set by hand.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW decay on weight matrices and embeddings (never on biases, norms, or parameters
+            flagged ``_no_weight_decay``).
+        betas: AdamW betas.
+        warmup_steps: optimizer steps of linear warmup.
+        decay_steps: optimizer step where the cosine reaches ``min_lr_ratio * lr``; default
+            ``trainer.max_steps`` (no decay when that is unset).
+        min_lr_ratio: floor of the cosine, as a fraction of ``lr``.
+    """
+
+    def __init__(
+        self,
+        backbone: Callable[[int, int], Backbone],
+        objective: Optional[Objective] = None,
+        degree: int = 2,
+        path_len: int = 5,
+        num_nodes: int = 50,
+        reverse: bool = False,
+        lr: float = 5e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        decay_steps: Optional[int] = None,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task = PathStarTask(degree, path_len, num_nodes)
+        self.backbone = backbone(self.task.vocab_size, self.task.seq_len)
+        self.objective = objective if objective is not None else TeacherForcing()
+        self.objective.bind(self.task, self.backbone)
+        self.metrics = torch.nn.ModuleDict(
+            {stage: PathStarMetrics(self.task, reverse) for stage in ("val", "test", "train_eval")}
+        )
+
+    # --- training ------------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        prefix, target = batch
+        out = self.objective(self.backbone, prefix, target)
+        self.log("train/loss", out.loss, prog_bar=True)
+        for name, value in out.extras.items():
+            self.log(f"train/{name}", value)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return out.loss
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        prefix, target = batch
+        out = self.objective(self.backbone, prefix, target)
+        free = self.objective.decode(self.backbone, prefix)
+        self.metrics[stage].update(prefix, target, free, out.logits.argmax(-1), out.loss)
+
+    def _log_metrics(self, stage: str) -> None:
+        metric = self.metrics[stage]
+        if metric.update_count == 0:
+            return
+        values = metric.compute()  # already reduced across ranks
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name == "exact_match" and stage != "train_eval")
+        metric.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate(batch, "val" if dataloader_idx == 0 else "train_eval")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+        self._log_metrics("train_eval")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        prefix, target = batch
+        return {"prefix": prefix, "target": target, "prediction": self.objective.decode(self.backbone, prefix)}
+
+    # --- optimisation --------------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: decay on matrices (ndim >= 2) unless flagged ``_no_weight_decay``; none on the rest."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False) else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=h.lr, betas=tuple(h.betas))
+        decay_steps = h.decay_steps if h.decay_steps is not None else max(self.trainer.max_steps, 0)
+        if decay_steps <= 0 and h.warmup_steps == 0:
+            return optimizer
+        schedule = functools.partial(
+            warmup_cosine, warmup_steps=h.warmup_steps, decay_steps=decay_steps, min_ratio=h.min_lr_ratio
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
