@@ -7,12 +7,15 @@ linked into the system, which builds the backbone for that vocabulary and sequen
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from typing import Optional
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from nfl.callbacks import CheckpointOnInterrupt
 from nfl.data.datamodule import PathStarDataModule
+from nfl.errors import UserInputError
 from nfl.system import PathStarSystem
 
 LINKED = ("degree", "path_len", "num_nodes", "reverse")
@@ -53,12 +56,31 @@ def trainer_defaults() -> dict:
 def main(args: ArgsType = None) -> Optional[NFLCLI]:
     """Run the CLI; ``args`` (a list of strings) lets tests call it in-process."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return NFLCLI(
-        PathStarSystem,
-        PathStarDataModule,
-        subclass_mode_data=True,
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    # Evaluation datasets shard themselves across loader workers, so their __len__ is exact.
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    try:
+        return NFLCLI(
+            PathStarSystem,
+            PathStarDataModule,
+            subclass_mode_data=True,
+            trainer_defaults=trainer_defaults(),
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        sys.exit(f"error: {cause}")
+
+
+def user_error(err: BaseException) -> Optional[UserInputError]:
+    """The :class:`UserInputError` behind ``err`` (jsonargparse and Lightning wrap them), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserInputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 

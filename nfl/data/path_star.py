@@ -19,9 +19,10 @@ from typing import Iterable
 import numpy as np
 
 from nfl.data.vocab import PathStarTask
+from nfl.errors import UserInputError
 
 
-class DataFileError(ValueError):
+class DataFileError(UserInputError):
     """A reference-format data file that cannot be read as the configured G(d, l, N)."""
 
 
@@ -179,7 +180,7 @@ def parse_lines(lines: Iterable[str], task: PathStarTask, source: str = "<lines>
 def read_file(path: str | os.PathLike, task: PathStarTask) -> tuple[np.ndarray, np.ndarray]:
     """Read a reference-format data file into ``(prefix, target)`` arrays with forward paths."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Data file {os.fspath(path)!r} does not exist; check train_file / test_file.")
+        raise DataFileError(f"Data file {os.fspath(path)!r} does not exist; check train_file / test_file.")
     try:
         with open(path, encoding="ascii") as f:
             return parse_lines(f, task, source=os.fspath(path))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nfl.errors import UserInputError
 
-class InfeasibleGraphError(ValueError):
+
+class InfeasibleGraphError(UserInputError):
     """A G(d, l, N) that cannot be drawn: it needs more distinct labels than there are nodes."""
 
 

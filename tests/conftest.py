@@ -1,0 +1,98 @@
+"""Shared fixtures: seeded RNGs, the SPEC example graph, and a helper that runs the real CLI in-process."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nfl.cli import main
+from nfl.data.vocab import PathStarTask
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.yaml")))
+
+SPEC_LINE = "32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12"
+SPEC_PREFIX = [32, 3, 50, 16, 12, 50, 3, 19, 50, 32, 34, 50, 34, 6, 50, 6, 16, 50, 19, 47, 50, 47, 28, 52, 32, 12, 51]
+SPEC_TARGET = [32, 34, 6, 16, 12]
+
+# A tiny G(2,4,20) run for the CLI: small GPT, a few steps, small held-out set.
+TINY_CONFIG = """
+seed_everything: 0
+trainer:
+  max_steps: 12
+  val_check_interval: 4
+  check_val_every_n_epoch: null
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {save_last: true, every_n_train_steps: 4, save_top_k: -1}
+model:
+  backbone:
+    class_path: nfl.models.GPT
+    init_args: {n_layer: 1, d_model: 32, n_head: 2}
+  objective:
+    class_path: nfl.objectives.TeacherForcing
+  lr: 1.0e-3
+data:
+  class_path: nfl.data.PathStarDataModule
+  init_args: {degree: 2, path_len: 4, num_nodes: 20, batch_size: 32, n_test: 64}
+"""
+
+
+@pytest.fixture
+def task() -> PathStarTask:
+    return PathStarTask(degree=2, path_len=5, num_nodes=50)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _torch_seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run ``python -m nfl`` in-process inside ``tmp_path``; returns the CLI object."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["nfl"])  # pytest's own arguments are not the CLI's
+
+    def run(*args: str):
+        return main(list(args))
+
+    return run
+
+
+def version_dir(root: Path, version: int = 0) -> Path:
+    return root / "lightning_logs" / f"version_{version}"
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of a TensorBoard run folder: tag -> [(step, value), ...] in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for event_file in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {k: sorted(v) for k, v in out.items()}

@@ -1,0 +1,93 @@
+"""The command line: every shipped config runs, bad input gets a clear message, subcommands work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import CONFIGS, ROOT, version_dir
+
+
+def test_configs_are_shipped():
+    names = {Path(c).name for c in CONFIGS}
+    assert {"quickstart.yaml", "reference_tf.yaml", "reference_teacherless.yaml", "reference_reverse.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: Path(c).name)
+def test_every_config_parses_and_runs_a_few_steps(config, run_cli):
+    first_line = Path(config).read_text().splitlines()[0]
+    assert first_line.startswith("# "), "each config starts with a comment saying what it reproduces"
+    cli = run_cli(
+        "fit", "--config", config, "--trainer.fast_dev_run", "2", "--data.init_args.batch_size", "8",
+        "--data.init_args.n_test", "16", "--trainer.enable_progress_bar", "false",
+    )
+    assert cli.trainer.global_step == 2
+
+
+def test_print_config_round_trips(run_cli, capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--print_config")
+    assert done.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["backbone"]["class_path"] == "nfl.models.GPT"
+    assert printed["data"]["init_args"]["num_nodes"] == 50
+    assert "num_nodes" not in printed["model"]  # linked from the data, so never typed twice
+
+
+def test_overlays_compose(run_cli, tiny_config, tmp_path):
+    overlay = tmp_path / "reverse.yaml"
+    overlay.write_text("data:\n  init_args:\n    reverse: true\n")
+    cli = run_cli("fit", "--config", str(tiny_config), "--config", str(overlay), "--trainer.max_steps", "1")
+    assert cli.datamodule.reverse and cli.model.hparams.reverse  # linked into the metrics too
+
+
+def test_config_typos_and_unknown_classes_are_named(run_cli, tiny_config, capsys):
+    for args, word in (
+        (["--model.lrr", "0.1"], "lrr"),
+        (["--model.objective", "nfl.objectives.Nope"], "Nope"),
+        (["--model.backbone", "nfl.models.Mamba9"], "Mamba9"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            run_cli("fit", "--config", str(tiny_config), *args)
+        assert done.value.code != 0
+        assert word in capsys.readouterr().err
+
+
+def test_infeasible_config_is_refused_before_training(run_cli, tiny_config, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(tiny_config), "--data.init_args.degree", "9")
+    assert done.value.code.startswith("error: G(degree=9, path_len=4, num_nodes=20) is infeasible")
+    assert "Raise num_nodes to at least 28" in done.value.code
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_corrupt_data_file_is_reported_with_file_and_line(run_cli, tiny_config, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1,2|3,4|5,6|7,8|9,10|11,12/1,12=1,3,5,12\n1,2|oops\n")
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(tiny_config), "--data.init_args.train_file", str(bad))
+    assert done.value.code.startswith("error: ") and "bad.txt:2:" in done.value.code
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(tiny_config), "--data.init_args.test_file", str(tmp_path / "missing.txt"))
+    assert "missing.txt' does not exist" in done.value.code
+
+
+def test_validate_test_and_predict_from_a_checkpoint(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "4")
+    ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    for sub in ("validate", "test"):
+        cli = run_cli(sub, "--config", str(tiny_config), "--ckpt_path", ckpt)
+        assert f"{'val' if sub == 'validate' else 'test'}/exact_match" in cli.trainer.callback_metrics
+    cli = run_cli("predict", "--config", str(tiny_config), "--ckpt_path", ckpt)
+    assert cli.trainer.predict_loop.predictions[0]["prediction"].shape[1] == 4
+
+
+def test_help_in_a_subprocess():
+    done = subprocess.run([sys.executable, "-m", "nfl", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "fit" in done.stdout and "test" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "nfl", "fit", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "--model.backbone" in done.stdout and "--test_after_fit" in done.stdout
