@@ -71,9 +71,10 @@ class PathStarSystem(pl.LightningModule):
         self.backbone = backbone(self.task.vocab_size, self.task.seq_len)
         self.objective = objective if objective is not None else TeacherForcing()
         self.objective.bind(self.task, self.backbone)
-        self.metrics = torch.nn.ModuleDict(
-            {stage: PathStarMetrics(self.task, reverse) for stage in ("val", "test", "train_eval")}
-        )
+        stages = ("val", "test", "train_eval")
+        self.metrics = torch.nn.ModuleDict({stage: PathStarMetrics(self.task, reverse) for stage in stages})
+        extra = {stage: self.objective.eval_metric() for stage in stages}
+        self.objective_metrics = torch.nn.ModuleDict({k: m for k, m in extra.items() if m is not None})
 
     # --- training ------------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
@@ -91,15 +92,16 @@ class PathStarSystem(pl.LightningModule):
         out = self.objective(self.backbone, prefix, target)
         free = self.objective.decode(self.backbone, prefix)
         self.metrics[stage].update(prefix, target, free, out.logits.argmax(-1), out.loss)
+        if stage in self.objective_metrics:
+            self.objective_metrics[stage].update(out, target)
 
     def _log_metrics(self, stage: str) -> None:
-        metric = self.metrics[stage]
-        if metric.update_count == 0:
-            return
-        values = metric.compute()  # already reduced across ranks
-        for name, value in values.items():
-            self.log(f"{stage}/{name}", value, prog_bar=name == "exact_match" and stage != "train_eval")
-        metric.reset()
+        for metric in (self.metrics[stage], self.objective_metrics[stage] if stage in self.objective_metrics else None):
+            if metric is None or metric.update_count == 0:
+                continue
+            for name, value in metric.compute().items():  # already reduced across ranks
+                self.log(f"{stage}/{name}", value, prog_bar=name == "exact_match" and stage != "train_eval")
+            metric.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._evaluate(batch, "val" if dataloader_idx == 0 else "train_eval")

@@ -8,9 +8,11 @@ with the task and the backbone; nothing in the backbone knows which objective is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import Metric
 
 from nfl.data.vocab import PathStarTask
 from nfl.models.base import Backbone
@@ -40,6 +42,12 @@ class Objective(nn.Module):
     def decode(self, backbone: Backbone, prefix: torch.Tensor) -> torch.Tensor:
         """Free-running prediction of the target (B, l) from the prefix alone."""
         raise NotImplementedError
+
+    def eval_metric(self) -> Optional[Metric]:
+        """An objective-specific metric, or None. The system makes one per stage, calls
+        ``update(output, target)`` with each evaluation batch's :class:`ObjectiveOutput`, and logs every
+        ``name: value`` of ``compute()`` as ``{stage}/{name}`` (e.g. ``val/mtp/head_2_acc``)."""
+        return None
 
     def target_logits(self, backbone: Backbone, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (B, l, V) at the ``l`` positions that predict the target: the ``=`` and the ``l-1`` after it."""
