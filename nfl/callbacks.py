@@ -1,12 +1,16 @@
-"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run."""
+"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run; write predictions to a file."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from typing import Any, Sequence
+
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+
+from nfl.data.path_star import format_lines
 
 log = logging.getLogger(__name__)
 
@@ -27,3 +31,36 @@ class CheckpointOnInterrupt(Callback):
         path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
         trainer.save_checkpoint(path)
         log.warning("Interrupted at step %d; saved %s (resume with --ckpt_path %s).", trainer.global_step, path, path)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``predict`` results as TSV: the graph in reference format, the predicted path, and 1/0 for correct.
+
+    The graph column is the held-out line itself (forward path, as in the data file); the prediction is also
+    written start-first, so reversed-target models read the same way. Predictions that are not node ids are
+    written as they are. Under DDP each rank writes ``<path>.rank<R>``.
+
+    Args:
+        path: output file, e.g. ``predictions.tsv``; its folder is created.
+    """
+
+    def __init__(self, path: str = "predictions.tsv") -> None:
+        super().__init__(write_interval="epoch")
+        self.path = path
+
+    def write_on_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Any
+    ) -> None:
+        task, reverse = pl_module.task, pl_module.hparams.reverse
+        path = self.path if trainer.world_size == 1 else f"{self.path}.rank{trainer.global_rank}"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", encoding="ascii", newline="\n") as f:
+            for batch in predictions:
+                target, prediction = batch["target"], batch["prediction"]
+                correct = (prediction == target).all(dim=1)
+                if reverse:
+                    target, prediction = target.flip(1), prediction.flip(1)
+                lines = format_lines(batch["prefix"].numpy(), target.numpy(), task)
+                for line, pred, ok in zip(lines, prediction.tolist(), correct.tolist()):
+                    f.write(f"{line}\t{','.join(map(str, pred))}\t{int(ok)}\n")
+        log.info("Wrote %d predictions to %s.", sum(len(b["target"]) for b in predictions), path)

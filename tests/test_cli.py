@@ -82,8 +82,18 @@ def test_validate_test_and_predict_from_a_checkpoint(run_cli, tiny_config, tmp_p
     for sub in ("validate", "test"):
         cli = run_cli(sub, "--config", str(tiny_config), "--ckpt_path", ckpt)
         assert f"{'val' if sub == 'validate' else 'test'}/exact_match" in cli.trainer.callback_metrics
-    cli = run_cli("predict", "--config", str(tiny_config), "--ckpt_path", ckpt)
-    assert cli.trainer.predict_loop.predictions[0]["prediction"].shape[1] == 4
+    out = tmp_path / "out" / "predictions.tsv"
+    cli = run_cli(
+        "predict", "--config", str(tiny_config), "--ckpt_path", ckpt, "--data.init_args.reverse", "true",
+        "--trainer.callbacks+=nfl.callbacks.PredictionWriter", f"--trainer.callbacks.path={out}",
+    )
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    graphs = cli.datamodule.test_graphs
+    assert len(rows) == len(graphs[1]) == 64
+    first_path = ",".join(map(str, graphs[1][0].tolist()))
+    assert rows[0][0].endswith("=" + first_path)  # the held-out line, start-first even with reverse
+    for line, pred, ok in rows:
+        assert ok == str(int(line.split("=")[1] == pred))
 
 
 def test_help_in_a_subprocess():
