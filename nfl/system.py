@@ -48,6 +48,8 @@ class PathStarSystem(pl.LightningModule):
         decay_steps: optimizer step where the cosine reaches ``min_lr_ratio * lr``; default
             ``trainer.max_steps`` (no decay when that is unset).
         min_lr_ratio: floor of the cosine, as a fraction of ``lr``.
+        compile: run training steps through ``torch.compile`` of the backbone (evaluation, whose cached decoding
+            changes shapes every step, stays eager). Worth it on GPUs; compiling takes a while on CPU.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class PathStarSystem(pl.LightningModule):
         warmup_steps: int = 0,
         decay_steps: Optional[int] = None,
         min_lr_ratio: float = 0.1,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -71,15 +74,22 @@ class PathStarSystem(pl.LightningModule):
         self.backbone = backbone(self.task.vocab_size, self.task.seq_len)
         self.objective = objective if objective is not None else TeacherForcing()
         self.objective.bind(self.task, self.backbone)
+        self._train_backbone: Optional[Callable] = None  # compiled view of self.backbone, not a submodule
         stages = ("val", "test", "train_eval")
         self.metrics = torch.nn.ModuleDict({stage: PathStarMetrics(self.task, reverse) for stage in stages})
         extra = {stage: self.objective.eval_metric() for stage in stages}
         self.objective_metrics = torch.nn.ModuleDict({k: m for k, m in extra.items() if m is not None})
 
     # --- training ------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.hparams.compile and self._train_backbone is None:
+            # Same parameters, so checkpoints and the optimizer see only self.backbone.
+            object.__setattr__(self, "_train_backbone", torch.compile(self.backbone))
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         prefix, target = batch
-        out = self.objective(self.backbone, prefix, target)
+        backbone = self.backbone if self._train_backbone is None else self._train_backbone
+        out = self.objective(backbone, prefix, target)
         self.log("train/loss", out.loss, prog_bar=True)
         for name, value in out.extras.items():
             self.log(f"train/{name}", value)

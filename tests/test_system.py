@@ -102,3 +102,23 @@ def test_logged_learning_rate_follows_the_schedule(run_cli, tiny_config, tmp_pat
     for step, lr in lrs:
         assert lr == pytest.approx(1e-3 * warmup_cosine(step, 3, 12, 0.2), rel=1e-5), step
     assert lrs[-1][1] < 0.3e-3  # it really decays within max_steps
+
+
+def test_bf16_mixed_precision_keeps_metrics_in_full_precision(run_cli, tiny_config, tmp_path):
+    cli = run_cli("fit", "--config", str(tiny_config), "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "8")
+    bf16_loss = cli.trainer.callback_metrics["val/loss"]
+    assert bf16_loss.dtype == torch.float32 and torch.isfinite(bf16_loss)
+    ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    fp32 = run_cli("validate", "--config", str(tiny_config), "--ckpt_path", ckpt).trainer.callback_metrics
+    assert bf16_loss.item() == pytest.approx(fp32["val/loss"].item(), rel=0.02)  # only bf16 forward noise
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(run_cli, tiny_config, tmp_path):
+    eager = run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "4").trainer.callback_metrics
+    compiled = run_cli(
+        "fit", "--config", str(tiny_config), "--trainer.max_steps", "4", "--model.compile", "true"
+    ).trainer.callback_metrics
+    assert compiled["val/loss"].item() == pytest.approx(eager["val/loss"].item(), rel=1e-3)
+    ckpt = torch.load(version_dir(tmp_path, 1) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert not any("_orig_mod" in k for k in ckpt["state_dict"])  # checkpoints stay loadable without compile

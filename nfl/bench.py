@@ -1,0 +1,143 @@
+"""``python -m nfl.bench --config FILE``: throughput figures for a config on this machine.
+
+Prints graphs/s generated, training ms/step, samples/s and tokens/s, peak memory, and evaluation graphs/s with
+cached and uncached greedy decoding; on CUDA also the fraction of the GPU's peak FLOP/s (``--peak-tflops``).
+Model and data come from the config through the same CLI as ``fit``, so the figures are for what ``fit`` runs.
+
+Example::
+
+    python -m nfl.bench --config configs/quickstart.yaml --steps 30
+    python -m nfl.bench --config configs/reference_tf.yaml --precision bf16-mixed --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from nfl.cli import NFLCLI
+from nfl.data.datamodule import PathStarDataModule
+from nfl.data.path_star import sample_graphs
+from nfl.system import PathStarSystem
+
+
+def build(config: str, overrides: Sequence[str]) -> tuple[PathStarSystem, PathStarDataModule]:
+    cli = NFLCLI(
+        PathStarSystem, PathStarDataModule, subclass_mode_data=True, run=False,
+        args=["--config", config, *overrides], save_config_callback=None,
+    )
+    return cli.model, cli.datamodule
+
+
+def timed(fn, repeats: int, sync) -> float:
+    """Seconds per call of ``fn`` over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def model_flops_per_token(system: PathStarSystem) -> float:
+    """Training FLOPs per token: 6 per non-embedding parameter plus attention (Kaplan et al. 2020)."""
+    bb = system.backbone
+    n = sum(p.numel() for name, p in bb.named_parameters() if "emb" not in name)
+    layers = getattr(bb, "n_layer", 0)
+    return 6 * n + 12 * layers * bb.d_model * system.task.seq_len
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nfl.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="an nfl YAML config")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--eval-graphs", type=int, default=2000, help="held-out graphs decoded for eval timing")
+    parser.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone for training")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense TFLOP/s (H100 bf16: 989)")
+    parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --data.init_args.batch_size=64")
+    args = parser.parse_args(argv)
+
+    system, data = build(args.config, args.overrides)
+    task, device = system.task, torch.device(args.device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    print(f"nfl.bench: {' '.join(sys.argv)}")
+    print(f"device {device}{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads, precision {args.precision}, compile {args.compile}")
+    print(f"task G({task.degree},{task.path_len},{task.num_nodes}), backbone {type(system.backbone).__name__} "
+          f"{sum(p.numel() for p in system.parameters()) / 1e6:.2f}M params, objective {type(system.objective).__name__}")
+
+    # --- data generation (numpy, one core) -------------------------------------------------------------
+    for n in (data.batch_size, 65536):
+        rng = np.random.default_rng(0)
+        seconds = timed(lambda: sample_graphs(rng, n, task), max(3, 200000 // n), lambda: None)
+        print(f"generate      batch {n:>6}: {n / seconds:>12,.0f} graphs/s")
+
+    # --- training steps ------------------------------------------------------------------------------
+    system.to(device).train()
+    backbone = torch.compile(system.backbone) if args.compile else system.backbone
+    optimizer = torch.optim.AdamW(system.parameter_groups(), lr=system.hparams.lr, fused=cuda or None)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
+    data.setup("fit")
+    stream = iter(data.train_batches())
+
+    def step() -> None:
+        prefix, target = (t.to(device, non_blocking=True) for t in next(stream))
+        with autocast():
+            loss = system.objective(backbone, prefix, target).loss
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(3 if args.compile else 1):  # compile warm-up happens outside the timing
+        step()
+    seconds = timed(step, args.steps, sync)
+    tokens = data.batch_size * task.seq_len
+    print(f"train         batch {data.batch_size:>6}: {seconds * 1e3:>9.1f} ms/step  {data.batch_size / seconds:>10,.0f} "
+          f"samples/s  {tokens / seconds:>12,.0f} tokens/s")
+    if cuda:
+        achieved = model_flops_per_token(system) * tokens / seconds
+        print(f"model FLOP/s  {achieved / 1e12:.1f} TFLOP/s = {100 * achieved / (args.peak_tflops * 1e12):.1f}% "
+              f"of {args.peak_tflops:.0f} TFLOP/s peak")
+        print(f"peak memory   {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB (CUDA allocated)")
+    else:
+        print(f"peak memory   {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB (process RSS)")
+
+    # --- evaluation decoding -------------------------------------------------------------------------
+    system.eval()
+    prefix = torch.from_numpy(sample_graphs(np.random.default_rng(1), args.eval_graphs, task)[0]).to(device)
+    batches = prefix.split(data.eval_batch_size)
+    objective = system.objective
+    modes = [("cached", True), ("uncached", False)] if hasattr(objective, "use_cache") else [("one pass", None)]
+    for name, use_cache in modes:
+        if use_cache is not None:
+            objective.use_cache = use_cache
+
+        def decode_all() -> None:
+            with torch.no_grad(), autocast():
+                for b in batches:
+                    objective.decode(system.backbone, b)
+
+        seconds = timed(decode_all, 2, sync)
+        print(f"eval decode   {name:>8}: {args.eval_graphs / seconds:>12,.0f} graphs/s  "
+              f"({seconds:.2f} s for {args.eval_graphs} graphs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
