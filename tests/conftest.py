@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 from nfl.cli import main
 from nfl.data.vocab import PathStarTask
+from nfl.report import read_scalars  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(glob.glob(str(ROOT / "configs" / "*.yaml")))
@@ -83,16 +83,3 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def version_dir(root: Path, version: int = 0) -> Path:
     return root / "lightning_logs" / f"version_{version}"
-
-
-def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of a TensorBoard run folder: tag -> [(step, value), ...] in step order."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for event_file in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {k: sorted(v) for k, v in out.items()}

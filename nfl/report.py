@@ -1,0 +1,174 @@
+"""``python -m nfl.report --sweep lightning_logs/NAME --out docs/NAME``: a results table and plots from a sweep.
+
+Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events, see :mod:`nfl.sweep`) and writes
+
+- ``results.md`` and ``results.csv``: one row per setting (runs that differ only in seed), with the mean and
+  standard deviation over seeds of test exact match, decision-token accuracy, teacher-forced accuracy at
+  positions >= 3, the chance line ``1/d``, and a plain verdict (``solved`` / ``at chance`` / ``partial``);
+- ``<setting>.png``: validation accuracy per position over training, free-running (solid) against
+  teacher-forced (dashed), averaged over seeds, with the chance line: the Clever-Hans gap, and the order in
+  which positions are learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+from typing import Optional, Sequence
+
+from nfl.sweep import DONE
+
+COLUMNS = [("exact_match", "test/exact_match"), ("decision_acc", "test/decision_acc"), ("tf_pos_ge3", "test/tf/pos_ge3")]
+
+
+def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of a TensorBoard run folder: tag -> [(step, value), ...] sorted by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for event_file in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def load_runs(sweep_dir: str) -> list[dict]:
+    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus ``scalars``."""
+    runs = []
+    for marker in sorted(glob.glob(os.path.join(sweep_dir, "*", DONE))):
+        with open(marker) as f:
+            run = json.load(f)
+        run["scalars"] = read_scalars(os.path.dirname(marker))
+        runs.append(run)
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def verdict(exact: float, decision: float, chance: float) -> str:
+    if exact >= 0.95:
+        return "solved"
+    if abs(decision - chance) < 0.05:
+        return "at chance"
+    return "partial"
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per setting: means and spreads over seeds of the final test metrics."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[",".join(f"{k}={v}" for k, v in run["settings"].items())].append(run)
+    rows = []
+    for setting, members in groups.items():
+        row = {"setting": setting, "seeds": len(members)}
+        missing = [r["run"] for r in members if "test/exact_match" not in r["scalars"]]
+        if missing:
+            raise ValueError(f"runs without test metrics (re-run them): {', '.join(missing)}")
+        for column, tag in COLUMNS:
+            mean, std = _mean_std([r["scalars"][tag][-1][1] for r in members if tag in r["scalars"]])
+            row[f"{column}_mean"], row[f"{column}_std"] = mean, std
+        row["chance"] = members[0]["scalars"]["test/chance"][-1][1]
+        row["verdict"] = verdict(row["exact_match_mean"], row["decision_acc_mean"], row["chance"])
+        row["wall_seconds_mean"] = statistics.fmean(r["wall_seconds"] for r in members)
+        rows.append(row)
+    return rows
+
+
+def write_tables(rows: list[dict], out: str, title: str) -> None:
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    pct = lambda r, c: f"{100 * r[c + '_mean']:.1f} ± {100 * r[c + '_std']:.1f}"  # noqa: E731
+    lines = [
+        f"# {title}",
+        "",
+        "Mean ± standard deviation over seeds of the final test metrics, in %. `tf pos>=3` is teacher-forced",
+        "accuracy on path positions 3..l: high while the decision is at chance is the Clever-Hans signature.",
+        "",
+        "| setting | seeds | test exact match | decision acc | chance | tf pos>=3 | verdict | wall time / run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['setting']} | {r['seeds']} | {pct(r, 'exact_match')} | {pct(r, 'decision_acc')} | "
+            f"{100 * r['chance']:.0f} | {pct(r, 'tf_pos_ge3')} | {r['verdict']} | {r['wall_seconds_mean']:.0f} s |"
+        )
+    lines += ["", "Per-position accuracy over training (solid: free-running, dashed: teacher-forced):", ""]
+    lines += [f"![{r['setting']}]({plot_name(r['setting'])})" for r in rows]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_name(setting: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting) + ".png"
+
+
+def plot_setting(setting: str, members: list[dict], out: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scalars = [r["scalars"] for r in members]
+    positions = sorted(int(t.rsplit("_", 1)[1]) for t in scalars[0] if t.startswith("val/free/pos_"))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.get_cmap("viridis")(range(0, 256, max(1, 256 // max(1, len(positions)))))
+    for i, pos in enumerate(positions):
+        for kind, style in (("free", "-"), ("tf", "--")):
+            series = [dict(s[f"val/{kind}/pos_{pos}"]) for s in scalars if f"val/{kind}/pos_{pos}" in s]
+            steps = sorted(set.intersection(*(set(s) for s in series)))
+            mean = [statistics.fmean(s[step] for s in series) for step in steps]
+            ax.plot(steps, mean, style, color=colors[i], label=f"{kind} pos {pos}", linewidth=1.6)
+    chance = scalars[0]["val/chance"][-1][1]
+    ax.axhline(chance, color="gray", linestyle=":", label=f"chance 1/d = {chance:.2f}")
+    exact = statistics.fmean(s["test/exact_match"][-1][1] for s in scalars)
+    ax.set(xlabel="training step", ylabel="validation accuracy", ylim=(-0.02, 1.02),
+           title=f"{setting}: test exact match {100 * exact:.1f}% ({len(members)} seeds)")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = os.path.join(out, plot_name(setting))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nfl.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--sweep", required=True, help="a sweep's log folder, e.g. lightning_logs/cpu_grid")
+    parser.add_argument("--out", required=True, help="folder for results.md, results.csv and the plots")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.sweep)
+    if not runs:
+        print(f"error: no finished runs ({DONE}) under {args.sweep}; run python -m nfl.sweep first.", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    try:
+        rows = summarise(runs)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_tables(rows, args.out, f"Sweep {runs[0]['sweep']}")
+    groups = defaultdict(list)
+    for run in runs:
+        groups[",".join(f"{k}={v}" for k, v in run["settings"].items())].append(run)
+    for setting, members in groups.items():
+        plot_setting(setting, members, args.out)
+    print(f"wrote {args.out}/results.md, results.csv and {len(groups)} plots from {len(runs)} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

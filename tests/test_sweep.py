@@ -1,0 +1,88 @@
+"""Sweeps run every combination once, survive interruption, and report correct rows and real plots."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from nfl.report import main as report_main
+from nfl.sweep import DONE, load_sweep
+from nfl.sweep import main as sweep_main
+from tests.conftest import ROOT
+
+SWEEP = """
+name: tiny
+base: {base}
+seeds: [0, 1]
+args: ["--trainer.max_steps=4", "--trainer.val_check_interval=2"]
+grid:
+  objective:
+    tf: {{model.objective: nfl.objectives.TeacherForcing}}
+    reverse: {{data.init_args.reverse: true}}
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.format(base=tiny_config))
+    return path
+
+
+def folders(root: Path) -> dict[str, Path]:
+    return {p.name: p for p in (root / "lightning_logs" / "tiny").iterdir()}
+
+
+def test_sweep_runs_each_combination_then_reports(sweep_file, tmp_path, capsys):
+    assert sweep_main(["--config", str(sweep_file)]) == 0
+    runs = folders(tmp_path)
+    assert set(runs) == {f"objective={o},seed={s}" for o in ("tf", "reverse") for s in (0, 1)}
+    assert all((p / DONE).is_file() and (p / "checkpoints" / "last.ckpt").is_file() for p in runs.values())
+
+    assert report_main(["--sweep", str(tmp_path / "lightning_logs" / "tiny"), "--out", str(tmp_path / "docs")]) == 0
+    with open(tmp_path / "docs" / "results.csv") as f:
+        rows = {r["setting"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"objective=tf", "objective=reverse"}
+    for row in rows.values():
+        assert row["seeds"] == "2" and float(row["chance"]) == 0.5
+        assert 0.0 <= float(row["exact_match_mean"]) <= 1.0 and row["verdict"] in {"solved", "at chance", "partial"}
+    markdown = (tmp_path / "docs" / "results.md").read_text()
+    assert "| objective=tf | 2 |" in markdown and "objective=reverse.png" in markdown
+    for setting in rows:
+        png = tmp_path / "docs" / f"{setting}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    # Interrupt: one run lost its marker after training, another lost everything. Only those two run again.
+    (runs["objective=tf,seed=1"] / DONE).unlink()
+    for p in sorted(runs["objective=reverse,seed=0"].rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    kept = {name: os.path.getmtime(p / DONE) for name, p in runs.items() if (p / DONE).exists()}
+    capsys.readouterr()
+    assert sweep_main(["--config", str(sweep_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == 2
+    assert "objective=tf,seed=1: resuming" in out and "objective=reverse,seed=0: running" in out
+    assert all(os.path.getmtime(runs[name] / DONE) == mtime for name, mtime in kept.items())
+    assert all((p / DONE).is_file() for p in folders(tmp_path).values())
+
+
+def test_sweep_files_are_checked(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase: nowhere.yaml\ngrid: {a: {b: {c: 1}}}\n")
+    assert sweep_main(["--config", str(bad)]) == 2
+    assert "base config 'nowhere.yaml' not found" in capsys.readouterr().err
+    bad.write_text("name: x\nbase: nowhere.yaml\ngrdi: {}\n")
+    assert sweep_main(["--config", str(bad)]) == 2
+    assert "needs 'name', 'base' and 'grid'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweeps_expand(path):
+    assert path.read_text().startswith("# ")
+    spec, runs = load_sweep(str(path))
+    assert os.path.isfile(spec["base"]) and len(runs) >= 3
+    assert len({r.name for r in runs}) == len(runs)
