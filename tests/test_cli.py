@@ -38,6 +38,17 @@ def test_print_config_round_trips(run_cli, capsys, tmp_path):
     assert "num_nodes" not in printed["model"]  # linked from the data, so never typed twice
 
 
+@pytest.mark.parametrize("overlay", sorted((ROOT / "configs" / "overlays").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_overlays_compose_with_an_experiment(overlay, run_cli, capsys):
+    assert overlay.read_text().startswith("# ")
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--config", str(overlay), "--print_config")
+    assert done.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["strategy"] == "ddp"
+    assert printed["model"]["backbone"]["class_path"] == "nfl.models.GPT"  # the experiment is untouched
+
+
 def test_overlays_compose(run_cli, tiny_config, tmp_path):
     overlay = tmp_path / "reverse.yaml"
     overlay.write_text("data:\n  init_args:\n    reverse: true\n")
