@@ -122,3 +122,16 @@ def test_compiled_training_matches_eager(run_cli, tiny_config, tmp_path):
     assert compiled["val/loss"].item() == pytest.approx(eager["val/loss"].item(), rel=1e-3)
     ckpt = torch.load(version_dir(tmp_path, 1) / "checkpoints" / "last.ckpt", weights_only=False)
     assert not any("_orig_mod" in k for k in ckpt["state_dict"])  # checkpoints stay loadable without compile
+
+
+@pytest.mark.parametrize("n_train", ["null", "64"])
+def test_training_sample_is_evaluated_under_its_own_tags(run_cli, tiny_config, tmp_path, n_train):
+    cli = run_cli(
+        "fit", "--config", str(tiny_config), "--trainer.max_steps", "4", "--data.init_args.n_train_eval", "40",
+        "--data.init_args.n_train", n_train,
+    )
+    scalars = read_scalars(version_dir(tmp_path))
+    assert {"train_eval/exact_match", "train_eval/tf/pos_1", "train_eval/decision_acc"} <= set(scalars)
+    assert scalars["train_eval/loss"][-1][1] != pytest.approx(scalars["val/loss"][-1][1])  # a different set
+    train_loaders = cli.datamodule.val_dataloader()
+    assert len(train_loaders) == 2 and sum(len(b[1]) for b in train_loaders[1]) == 40
