@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from nfl.data.path_star import format_lines
@@ -15,20 +16,36 @@ from nfl.data.path_star import format_lines
 log = logging.getLogger(__name__)
 
 
-class CheckpointOnInterrupt(Callback):
-    """On Ctrl-C (KeyboardInterrupt) during ``fit``, write ``last.ckpt`` where ModelCheckpoint keeps it.
+class KeepLastCheckpoint(Callback):
+    """Keep ``last.ckpt`` (where ModelCheckpoint writes it) current when ``fit`` ends or is interrupted.
 
-    Resume with ``--ckpt_path .../checkpoints/last.ckpt``: training continues at the interrupted step with
-    the same data stream and learning-rate schedule. Other exceptions leave the last good checkpoint alone.
+    ModelCheckpoint saves every ``every_n_train_steps``; without this, the steps after the last multiple are
+    lost when ``max_steps`` is not a multiple, and so is everything since the last save on Ctrl-C. Resume with
+    ``--ckpt_path .../checkpoints/last.ckpt``: training continues at that step with the same data stream and
+    learning-rate schedule. Exceptions other than KeyboardInterrupt leave the last good checkpoint alone.
     """
+
+    @staticmethod
+    def _last_path(trainer: pl.Trainer) -> Optional[str]:
+        checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+        if checkpoint is None or checkpoint.dirpath is None or not checkpoint.save_last:
+            return None
+        return os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = self._last_path(trainer)
+        if path is None or trainer.global_step == 0:
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=False)["global_step"] if os.path.isfile(path) else -1
+        if saved != trainer.global_step:
+            trainer.save_checkpoint(path)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
             return
-        checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        if checkpoint is None or checkpoint.dirpath is None:
+        path = self._last_path(trainer)
+        if path is None:
             return
-        path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
         trainer.save_checkpoint(path)
         log.warning("Interrupted at step %d; saved %s (resume with --ckpt_path %s).", trainer.global_step, path, path)
 

@@ -13,7 +13,7 @@ from typing import Optional
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from nfl.callbacks import CheckpointOnInterrupt
+from nfl.callbacks import KeepLastCheckpoint
 from nfl.data.datamodule import PathStarDataModule
 from nfl.errors import UserInputError
 from nfl.system import PathStarSystem
@@ -40,7 +40,7 @@ class NFLCLI(LightningCLI):
 
 
 def trainer_defaults() -> dict:
-    """Defaults a config can override: TensorBoard under lightning_logs/; a checkpoint on Ctrl-C."""
+    """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and on Ctrl-C."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -48,7 +48,7 @@ def trainer_defaults() -> dict:
         },
         # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
         # configs set ModelCheckpoint (save_last: true) themselves.
-        "callbacks": [CheckpointOnInterrupt()],
+        "callbacks": [KeepLastCheckpoint()],
         "check_val_every_n_epoch": None,
     }
 

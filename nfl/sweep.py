@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -122,6 +123,26 @@ def command(spec: dict[str, Any], run: Run, logs: str) -> list[str]:
     return cmd
 
 
+def run_child(cmd: list[str], log_path: str) -> Optional[int]:
+    """Run one training process; its exit code, or None when Ctrl-C stopped the sweep.
+
+    The child runs in its own session so that a terminal's Ctrl-C reaches only the sweep, which then sends the
+    child exactly one SIGINT and waits while Lightning saves ``last.ckpt`` (a second signal could cut that
+    save short; ``subprocess.call`` would even kill the child outright).
+    """
+    with open(log_path, "a") as out:
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m nfl.sweep", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
@@ -154,8 +175,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         resumed = "--ckpt_path" in cmd
         print(f"{tag}: {'resuming' if resumed else 'running'} (output in {folder}/stdout.log)", flush=True)
         t0 = time.time()
-        with open(os.path.join(folder, "stdout.log"), "a") as out:
-            code = subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+        code = run_child(cmd, os.path.join(folder, "stdout.log"))
+        if code is None:
+            print(f"{tag}: interrupted; its last.ckpt is saved. Run the sweep again to resume.", file=sys.stderr)
+            return 130
         if code != 0:
             print(f"{tag}: FAILED with exit code {code}; see {folder}/stdout.log", flush=True)
             failed.append(run.name)

@@ -135,3 +135,9 @@ def test_training_sample_is_evaluated_under_its_own_tags(run_cli, tiny_config, t
     assert scalars["train_eval/loss"][-1][1] != pytest.approx(scalars["val/loss"][-1][1])  # a different set
     train_loaders = cli.datamodule.val_dataloader()
     assert len(train_loaders) == 2 and sum(len(b[1]) for b in train_loaders[1]) == 40
+
+
+def test_last_ckpt_holds_the_final_step_when_max_steps_is_not_a_multiple(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "6")  # checkpoints every 4 steps
+    last = torch.load(version_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 6
