@@ -5,8 +5,8 @@ Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events, se
 - ``results.md`` and ``results.csv``: one row per setting (runs that differ only in seed), with the mean and
   standard deviation over seeds of test exact match, decision-token accuracy, teacher-forced accuracy at
   positions >= 3, the chance line ``1/d``, and a plain verdict (``solved`` / ``at chance`` / ``partial``);
-- ``<setting>.png``: validation accuracy per position over training, free-running (solid) against
-  teacher-forced (dashed), averaged over seeds, with the chance line: the Clever-Hans gap, and the order in
+- ``<setting>.png``: validation accuracy per position over training, free-running (left) beside
+  teacher-forced (right), averaged over seeds, with the chance line: the Clever-Hans gap, and the order in
   which positions are learned.
 """
 
@@ -105,7 +105,7 @@ def write_tables(rows: list[dict], out: str, title: str) -> None:
             f"| {r['setting']} | {r['seeds']} | {pct(r, 'exact_match')} | {pct(r, 'decision_acc')} | "
             f"{100 * r['chance']:.0f} | {pct(r, 'tf_pos_ge3')} | {r['verdict']} | {r['wall_seconds_mean']:.0f} s |"
         )
-    lines += ["", "Per-position accuracy over training (solid: free-running, dashed: teacher-forced):", ""]
+    lines += ["", "Per-position validation accuracy over training (left: free-running, right: teacher-forced):", ""]
     lines += [f"![{r['setting']}]({plot_name(r['setting'])})" for r in rows]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -123,21 +123,24 @@ def plot_setting(setting: str, members: list[dict], out: str) -> str:
 
     scalars = [r["scalars"] for r in members]
     positions = sorted(int(t.rsplit("_", 1)[1]) for t in scalars[0] if t.startswith("val/free/pos_"))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colors = plt.get_cmap("viridis")(range(0, 256, max(1, 256 // max(1, len(positions)))))
-    for i, pos in enumerate(positions):
-        for kind, style in (("free", "-"), ("tf", "--")):
+    chance = scalars[0]["val/chance"][-1][1]
+    exact = statistics.fmean(s["test/exact_match"][-1][1] for s in scalars)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, (kind, label) in zip(axes, (("free", "free-running"), ("tf", "teacher-forced"))):
+        for i, pos in enumerate(positions):
             series = [dict(s[f"val/{kind}/pos_{pos}"]) for s in scalars if f"val/{kind}/pos_{pos}" in s]
             steps = sorted(set.intersection(*(set(s) for s in series)))
             mean = [statistics.fmean(s[step] for s in series) for step in steps]
-            ax.plot(steps, mean, style, color=colors[i], label=f"{kind} pos {pos}", linewidth=1.6)
-    chance = scalars[0]["val/chance"][-1][1]
-    ax.axhline(chance, color="gray", linestyle=":", label=f"chance 1/d = {chance:.2f}")
-    exact = statistics.fmean(s["test/exact_match"][-1][1] for s in scalars)
-    ax.set(xlabel="training step", ylabel="validation accuracy", ylim=(-0.02, 1.02),
-           title=f"{setting}: test exact match {100 * exact:.1f}% ({len(members)} seeds)")
-    ax.legend(fontsize=7, ncol=2, loc="lower right")
-    ax.grid(alpha=0.3)
+            # Later positions are drawn thinner on top, so lines that coincide stay visible.
+            ax.plot(steps, mean, "o-", color=cmap(i / max(1, len(positions) - 1) * 0.9), markersize=3,
+                    linewidth=3.2 - 2.2 * i / max(1, len(positions) - 1), label=f"position {pos}")
+        ax.axhline(chance, color="gray", linestyle=":", label=f"chance 1/d = {chance:.2f}")
+        ax.set(xlabel="training step", title=f"{label} accuracy per position", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy")
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{setting}: test exact match {100 * exact:.1f}% (mean of {len(members)} seeds)")
     fig.tight_layout()
     path = os.path.join(out, plot_name(setting))
     fig.savefig(path, dpi=110)
