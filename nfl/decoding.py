@@ -1,6 +1,13 @@
-"""Greedy decoding of a backbone: autoregressive with a cache (default) or by re-running the whole sequence."""
+"""Greedy decoding of a backbone: autoregressive with a cache (default) or by re-running the whole sequence.
+
+:func:`speculative_greedy_decode` gives the same tokens in fewer forward passes when extra heads can draft
+the next few tokens (self-speculative decoding, Stern et al. 2018 "blockwise parallel decoding"; Gloeckle
+et al. 2024 §3.2 with multi-token heads).
+"""
 
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 
@@ -29,3 +36,51 @@ def greedy_decode(backbone: Backbone, prefix: torch.Tensor, steps: int, use_cach
         out[:, t] = backbone.unembed(backbone(seq)[:, -1]).argmax(-1)
         seq = torch.cat([prefix, out[:, : t + 1]], dim=1)
     return out
+
+
+@torch.no_grad()
+def speculative_greedy_decode(
+    backbone: Backbone,
+    prefix: torch.Tensor,
+    steps: int,
+    drafters: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+) -> torch.Tensor:
+    """The tokens of :func:`greedy_decode` (B, steps), in fewer forward passes where the drafts are right.
+
+    ``drafters[i]`` maps the hidden state (B, D) at the last verified token to logits (B, V) for the token
+    ``i + 2`` ahead (head 1, the unembedding, gives the next one). Each round: head 1 emits the next token,
+    the drafters guess the ones after it, and one backbone pass over ``[next token, drafts]`` verifies them
+    against head 1. The longest prefix of drafts that head 1 agrees with in every row is accepted (rows
+    share one cache position, so the batch accepts its minimum), and head 1's output after the last
+    accepted token is the next round's token. The cache is rewound past rejected drafts; a backbone whose
+    cache cannot rewind gets plain :func:`greedy_decode`. Verifying a chunk rounds differently from one token
+    a pass, so where two logits tie to ~1e-6 the argmax can differ, as between cached and uncached greedy.
+    """
+    B, P = prefix.shape
+    cache = backbone.new_cache(B, P + steps - 1)
+    if not drafters or not backbone.rewind_cache(cache, 0):
+        return greedy_decode(backbone, prefix, steps)
+    out = prefix.new_empty(B, steps)
+    hidden = backbone(prefix, cache)[:, -1]  # (B, D) at the last cached token
+    pos, n = P, 0  # tokens in the cache, tokens emitted
+    while True:
+        out[:, n] = backbone.unembed(hidden).argmax(-1)  # head 1: the greedy token, certain
+        n += 1
+        if n == steps:
+            return out
+        m = min(len(drafters), steps - n)  # drafts for out[:, n : n + m]
+        drafts = torch.stack([d(hidden).argmax(-1) for d in drafters[:m]], dim=1)  # (B, m)
+        # Feed the new token and the drafts; the last draft only when its successor is still wanted (the
+        # cache and the learned positions end at P + steps - 1 tokens).
+        chunk = torch.cat([out[:, n - 1 : n], drafts], dim=1)[:, : steps - n]  # (B, c)
+        hiddens = backbone(chunk, cache)  # (B, c, D)
+        verified = backbone.unembed(hiddens[:, :m]).argmax(-1)  # (B, m): head 1's token after each chunk token
+        agree = (verified == drafts).long().cumprod(dim=1)  # (B, m): 1 while every draft so far is right
+        accepted = int(agree.sum(dim=1).min())  # drafts right in every row
+        out[:, n : n + accepted] = drafts[:, :accepted]
+        n += accepted
+        if n == steps:
+            return out
+        hidden = hiddens[:, accepted]  # (B, D) at the last accepted token
+        pos += 1 + accepted
+        backbone.rewind_cache(cache, pos)

@@ -6,7 +6,8 @@ data (linked by the CLI), the rest from the YAML.
 
 Incremental decoding goes through a backbone-specific cache: ``cache = backbone.new_cache(B, max_len)``, then
 ``backbone(idx, cache)`` consumes ``idx`` as the tokens that follow everything already in the cache, and
-updates the cache in place.
+updates the cache in place. ``backbone.rewind_cache(cache, pos)`` forgets every token from index ``pos`` on
+(speculative decoding drops rejected drafts this way); a backbone whose cache cannot rewind returns False.
 """
 
 from __future__ import annotations
@@ -33,3 +34,11 @@ class Backbone(nn.Module):
     def new_cache(self, batch_size: int, max_len: int) -> Any:
         """State for incremental decoding of up to ``max_len`` tokens in total."""
         raise NotImplementedError
+
+    def rewind_cache(self, cache: Any, pos: int) -> bool:
+        """Keep only the first ``pos`` cached tokens, so decoding resumes after them; returns whether it could.
+
+        The default is False: a cache that cannot rewind (e.g. a recurrent state, which has no per-token
+        entries) leaves this as is, and speculative decoding falls back to plain greedy decoding.
+        """
+        return False

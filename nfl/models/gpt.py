@@ -29,6 +29,12 @@ class KVCache:
         self.pos = 0  # tokens already cached
         self.max_len = max_len
 
+    def rewind(self, pos: int) -> None:
+        """Forget the tokens from ``pos`` on; their entries are simply overwritten by the next ones."""
+        if not 0 <= pos <= self.pos:
+            raise ValueError(f"KVCache: cannot rewind to {pos}, {self.pos} tokens are cached.")
+        self.pos = pos
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_head: int, dropout: float, bias: bool):
@@ -134,6 +140,10 @@ class GPT(Backbone):
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.tok_emb.weight)  # tied: (..., V)
+
+    def rewind_cache(self, cache: KVCache, pos: int) -> bool:
+        cache.rewind(pos)
+        return True
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         ref = self.tok_emb.weight
