@@ -23,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from nfl.data.vocab import PathStarTask
 from nfl.metrics import PathStarMetrics
 from nfl.models.base import Backbone
-from nfl.objectives.base import Objective
+from nfl.objectives.base import Objective, target_cross_entropy
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.schedules import warmup_cosine
 
@@ -101,7 +101,10 @@ class PathStarSystem(pl.LightningModule):
         prefix, target = batch
         out = self.objective(self.backbone, prefix, target)
         free = self.objective.decode(self.backbone, prefix)
-        self.metrics[stage].update(prefix, target, free, out.logits.argmax(-1), out.loss)
+        # {stage}/loss is the next-token cross-entropy of the teacher-forced logits, whatever the objective
+        # trains on (a multi-head sum is not comparable across objectives); it equals out.loss for TF.
+        tf_loss = target_cross_entropy(out.logits, target)
+        self.metrics[stage].update(prefix, target, free, out.logits.argmax(-1), tf_loss)
         if stage in self.objective_metrics:
             self.objective_metrics[stage].update(out, target)
 

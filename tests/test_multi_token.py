@@ -248,3 +248,16 @@ def test_per_head_accuracies_and_losses_are_logged(run_cli, tiny_config, tmp_pat
     # head 1 is the system's own teacher-forced prediction
     tf = [scalars[f"test/tf/pos_{i}"][0][1] for i in range(1, 5)]
     assert scalars["test/mtp/head_1_acc"][0][1] == pytest.approx(sum(tf) / 4, abs=1e-6)
+
+
+def test_eval_loss_is_the_next_token_loss_not_the_head_sum(run_cli, tiny_config, tmp_path):
+    """val/loss stays comparable across objectives: head 1's cross-entropy, not the sum over heads."""
+    cli = run_cli("fit", "--config", str(tiny_config), *MTP_ARGS, "--trainer.max_steps", "4")
+    system, data = cli.model.eval(), cli.datamodule
+    prefix, target = (torch.from_numpy(a) for a in data.test_graphs)
+    with torch.no_grad():
+        out = system.objective(system.backbone, prefix, target)
+    head1 = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), target.flatten()).item()
+    logged = cli.trainer.callback_metrics["val/loss"].item()
+    assert logged == pytest.approx(head1, rel=1e-4)
+    assert out.loss.item() > 1.5 * head1  # the training loss sums 3 heads: it would have been far off
