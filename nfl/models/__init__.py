@@ -2,5 +2,6 @@
 
 from nfl.models.base import Backbone
 from nfl.models.gpt import GPT
+from nfl.models.mamba import Mamba
 
-__all__ = ["Backbone", "GPT"]
+__all__ = ["Backbone", "GPT", "Mamba"]
