@@ -25,7 +25,7 @@ def greedy_decode(backbone: Backbone, prefix: torch.Tensor, steps: int, use_cach
     out = prefix.new_empty(B, steps)
     if use_cache:
         cache = backbone.new_cache(B, P + steps - 1)
-        hidden = backbone(prefix, cache)  # (B, P, D)
+        hidden = backbone(prefix, cache, output_from=P - 1)  # (B, 1, D): only the last position is read
         for t in range(steps):
             out[:, t] = backbone.unembed(hidden[:, -1]).argmax(-1)
             if t + 1 < steps:
@@ -33,7 +33,7 @@ def greedy_decode(backbone: Backbone, prefix: torch.Tensor, steps: int, use_cach
         return out
     seq = prefix
     for t in range(steps):
-        out[:, t] = backbone.unembed(backbone(seq)[:, -1]).argmax(-1)
+        out[:, t] = backbone.unembed(backbone(seq, output_from=seq.shape[1] - 1)[:, -1]).argmax(-1)
         seq = torch.cat([prefix, out[:, : t + 1]], dim=1)
     return out
 
@@ -61,7 +61,7 @@ def speculative_greedy_decode(
     if not drafters or not backbone.rewind_cache(cache, 0):
         return greedy_decode(backbone, prefix, steps)
     out = prefix.new_empty(B, steps)
-    hidden = backbone(prefix, cache)[:, -1]  # (B, D) at the last cached token
+    hidden = backbone(prefix, cache, output_from=P - 1)[:, -1]  # (B, D) at the last cached token
     pos, n = P, 0  # tokens in the cache, tokens emitted
     while True:
         out[:, n] = backbone.unembed(hidden).argmax(-1)  # head 1: the greedy token, certain

@@ -48,6 +48,16 @@ def test_cache_matches_full_forward_in_chunks(gpt):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("k", [0, 1, 12, 16])
+def test_output_from_equals_slicing_the_full_forward(gpt, k):
+    idx = torch.randint(0, 54, (3, 25))
+    full = gpt(idx)
+    torch.testing.assert_close(gpt(idx, output_from=k), full[:, k:], atol=1e-5, rtol=1e-5)
+    cache = gpt.new_cache(3, 25)
+    gpt(idx[:, :8], cache)  # prefill 8 tokens, then ask for outputs from position 8 + k on
+    torch.testing.assert_close(gpt(idx[:, 8:], cache, output_from=k), full[:, 8 + k :], atol=1e-5, rtol=1e-5)
+
+
 def test_cached_and_uncached_greedy_decoding_agree(gpt):
     prefix = torch.randint(0, 54, (16, 27))
     assert torch.equal(greedy_decode(gpt, prefix, 4, use_cache=True), greedy_decode(gpt, prefix, 4, use_cache=False))

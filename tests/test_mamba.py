@@ -131,6 +131,15 @@ def test_recurrent_cache_matches_full_forward_in_chunks_and_steps(mamba):
     assert cache.pos == 25
 
 
+def test_output_from_equals_slicing_the_full_forward(mamba):
+    idx = torch.randint(0, mamba.vocab_size, (2, 20))
+    full = mamba(idx)
+    torch.testing.assert_close(mamba(idx, output_from=13), full[:, 13:])
+    cache = mamba.new_cache(2, 20)
+    mamba(idx[:, :8], cache)
+    torch.testing.assert_close(mamba(idx[:, 8:], cache, output_from=11), full[:, 19:], atol=1e-5, rtol=1e-5)
+
+
 def test_cached_and_uncached_greedy_decoding_agree(mamba):
     prefix = torch.randint(0, 54, (16, 27))
     cached, uncached = greedy_decode(mamba, prefix, 4, use_cache=True), greedy_decode(mamba, prefix, 4, use_cache=False)

@@ -15,13 +15,29 @@ from nfl.models.gpt import GPT
 from nfl.objectives import MultiTokenHeads, TeacherForcing
 from nfl.system import PathStarSystem
 from tests.conftest import read_scalars, version_dir
-from tests.test_objectives import Recorder
 
 
 @pytest.fixture
 def batch(task, rng):
     prefix, target = sample_graphs(rng, 8, task)
     return torch.from_numpy(prefix), torch.from_numpy(target)
+
+
+class Recorder(torch.nn.Module):
+    """Wraps a backbone: computes every position (so tests index absolute positions) and keeps the hidden states."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.hidden = None
+
+    def forward(self, idx, cache=None, output_from=0):
+        self.hidden = self.inner(idx, cache)  # (B, T, D)
+        self.hidden.retain_grad()
+        return self.hidden[:, output_from:]
+
+    def unembed(self, h):
+        return self.inner.unembed(h)
 
 
 def tiny_gpt(task, n_layer=1):

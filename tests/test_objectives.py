@@ -23,24 +23,6 @@ def gpt(task):
     return GPT(task.vocab_size, task.seq_len, n_layer=1, d_model=32, n_head=2)
 
 
-class Recorder(torch.nn.Module):
-    """Wraps a backbone and keeps its hidden states so a test can read their gradients."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.inputs, self.hidden = None, None
-
-    def forward(self, idx, cache=None):
-        self.inputs = idx
-        self.hidden = self.inner(idx, cache)
-        self.hidden.retain_grad()
-        return self.hidden
-
-    def unembed(self, h):
-        return self.inner.unembed(h)
-
-
 def test_teacher_forcing_inputs(task, batch):
     prefix, target = batch
     objective = TeacherForcing()
@@ -64,18 +46,21 @@ def test_teacherless_puts_dummies_exactly_after_the_equals_sign(task, batch):
 
 @pytest.mark.parametrize("objective_cls", [TeacherForcing, Teacherless])
 def test_loss_is_cross_entropy_on_target_positions_only(objective_cls, task, batch, gpt):
+    """Same loss and gradients as cross-entropy on the l answer positions of a full forward pass."""
     prefix, target = batch
     objective = objective_cls()
-    recorder = Recorder(gpt)
-    objective.bind(task, recorder)
-    out = objective(recorder, prefix, target)
+    objective.bind(task, gpt)
     P, l = task.prefix_len, task.path_len
-    logits = gpt.unembed(recorder.hidden.detach())[:, P - 1 : P - 1 + l]
-    torch.testing.assert_close(out.loss, F.cross_entropy(logits.reshape(-1, task.vocab_size), target.reshape(-1)))
-    out.loss.backward()
-    grad = recorder.hidden.grad  # (B, T, D): the prefix positions before '=' get no loss gradient
-    assert torch.all(grad[:, : P - 1] == 0)
-    assert torch.all(grad[:, P - 1 :].abs().sum(-1) > 0)
+    full = gpt.unembed(gpt(objective.inputs(prefix, target)))  # (B, T, V): every position
+    manual = F.cross_entropy(full[:, P - 1 : P - 1 + l].reshape(-1, task.vocab_size), target.reshape(-1))
+    manual_grads = torch.autograd.grad(manual, list(gpt.parameters()))
+    out = objective(gpt, prefix, target)
+    torch.testing.assert_close(out.loss, manual)
+    for g_out, g_manual in zip(torch.autograd.grad(out.loss, list(gpt.parameters())), manual_grads):
+        torch.testing.assert_close(g_out, g_manual, atol=1e-6, rtol=1e-4)
+    # Moving the loss onto a prefix position would change it: the positions matter.
+    shifted = F.cross_entropy(full[:, P - 2 : P - 2 + l].reshape(-1, task.vocab_size), target.reshape(-1))
+    assert not torch.allclose(shifted, manual)
 
 
 def test_teacherless_decode_is_one_pass_argmax(task, batch, gpt):

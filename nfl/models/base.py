@@ -8,6 +8,11 @@ Incremental decoding goes through a backbone-specific cache: ``cache = backbone.
 ``backbone(idx, cache)`` consumes ``idx`` as the tokens that follow everything already in the cache, and
 updates the cache in place. ``backbone.rewind_cache(cache, pos)`` forgets every token from index ``pos`` on
 (speculative decoding drops rejected drafts this way); a backbone whose cache cannot rewind returns False.
+
+``backbone(idx, output_from=k)`` returns hidden states for positions ``k..T-1`` of ``idx`` only: objectives need
+outputs at the answer positions, and decoding needs the last one. Earlier positions still condition them; a
+backbone may skip work it does not need for them (GPT skips the last layer's queries and MLP), or compute
+everything and slice.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ class Backbone(nn.Module):
     max_seq_len: int
     d_model: int
 
-    def forward(self, idx: torch.Tensor, cache: Optional[Any] = None) -> torch.Tensor:  # (B, T) -> (B, T, D)
+    def forward(self, idx: torch.Tensor, cache: Optional[Any] = None, output_from: int = 0) -> torch.Tensor:
+        """(B, T) token ids -> (B, T - output_from, D) hidden states."""
         raise NotImplementedError
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)

@@ -43,23 +43,33 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0, q_from: int = 0
+    ) -> torch.Tensor:
+        """Attention output for positions ``q_from..T-1`` of ``x`` (B, T, D); keys and values come from all of them."""
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self.qkv(x).split(C, dim=2))
-        mask, causal = None, True  # (B, H, T, hd) each
+        Tq, hd = T - q_from, C // self.n_head
+        if q_from:  # queries only where outputs are wanted: saves a third of this projection
+            q = F.linear(x[:, q_from:], self.qkv.weight[:C], None if self.qkv.bias is None else self.qkv.bias[:C])
+            k, v = F.linear(x, self.qkv.weight[C:], None if self.qkv.bias is None else self.qkv.bias[C:]).split(C, 2)
+        else:
+            q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, Tq, self.n_head, hd).transpose(1, 2)  # (B, H, Tq, hd)
+        k, v = (t.view(B, T, self.n_head, hd).transpose(1, 2) for t in (k, v))  # (B, H, T, hd)
+        past = 0
         if cache is not None:
             past = cache.pos
             cache.k[layer][:, :, past : past + T] = k
             cache.v[layer][:, :, past : past + T] = v
             k, v = cache.k[layer][:, :, : past + T], cache.v[layer][:, :, : past + T]  # (B, H, past+T, hd)
-            if past:  # new queries see every cached key and the new keys up to themselves
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        # Query i sits at absolute position offset + i and sees keys 0..offset + i.
+        offset, mask = past + q_from, None
+        if offset and Tq > 1:
+            mask = torch.ones(Tq, past + T, dtype=torch.bool, device=x.device).tril(diagonal=offset)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=offset == 0, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, Tq, C))  # (B, Tq, D)
 
 
 class Block(nn.Module):
@@ -75,8 +85,8 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0, q_from: int = 0) -> torch.Tensor:
+        x = x[:, q_from:] + self.attn(self.ln_1(x), cache, layer, q_from)  # (B, T - q_from, D)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -125,18 +135,21 @@ class GPT(Backbone):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, output_from: int = 0) -> torch.Tensor:
         B, T = idx.shape
         start = 0 if cache is None else cache.pos
         if start + T > self.max_seq_len:
             raise ValueError(f"GPT: sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}.")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)
-        for i, block in enumerate(self.blocks):
-            x = block(x, cache, i)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):  # only the last block can skip positions nobody reads
+            x = block(x, cache, i, output_from if i == last else 0)
         if cache is not None:
             cache.pos += T
-        return self.ln_f(x)  # (B, T, D)
+        if not self.blocks:
+            x = x[:, output_from:]
+        return self.ln_f(x)  # (B, T - output_from, D)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.tok_emb.weight)  # tied: (..., V)

@@ -217,13 +217,14 @@ class Mamba(Backbone):
             with torch.no_grad():
                 block.mixer.out_proj.weight /= math.sqrt(self.n_layer)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[MambaCache] = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: Optional[MambaCache] = None, output_from: int = 0) -> torch.Tensor:
         x = self.embedding(idx)  # (B, T, D)
         for i, block in enumerate(self.layers):
             x = block(x, self.kernels, self.scan, cache, i)
         if cache is not None:
             cache.pos += idx.shape[1]
-        return self.norm_f(x)  # (B, T, D)
+        # The recurrence needs every position; only the final norm can skip the ones nobody reads.
+        return self.norm_f(x[:, output_from:])  # (B, T - output_from, D)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.embedding.weight)  # tied: (..., V)

@@ -51,7 +51,7 @@ class Objective(nn.Module):
 
     def target_logits(self, backbone: Backbone, inputs: torch.Tensor) -> torch.Tensor:
         """Logits (B, l, V) at the ``l`` positions that predict the target: the ``=`` and the ``l-1`` after it."""
-        hidden = backbone(inputs)[:, self.task.prefix_len - 1 :]  # (B, l, D)
+        hidden = backbone(inputs, output_from=self.task.prefix_len - 1)  # (B, l, D)
         return backbone.unembed(hidden)
 
 

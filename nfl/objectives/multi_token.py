@@ -110,7 +110,7 @@ class MultiTokenHeads(Objective):
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> MultiTokenOutput:
         l = self.task.path_len
-        hidden = backbone(self.inputs(prefix, target))[:, self.task.prefix_len - 1 :]  # (B, l, D): '=' onwards
+        hidden = backbone(self.inputs(prefix, target), output_from=self.task.prefix_len - 1)  # (B, l, D): '=' onwards
         preds = target.new_full((target.shape[0], self.k, l), -1)  # (B, k, l)
         extras, weighted, logits = {}, [], None
         for j in range(1, self.k + 1):
