@@ -14,7 +14,9 @@ from tests.conftest import CONFIGS, ROOT, version_dir
 
 def test_configs_are_shipped():
     names = {Path(c).name for c in CONFIGS}
-    assert {"quickstart.yaml", "reference_tf.yaml", "reference_teacherless.yaml", "reference_reverse.yaml"} <= names
+    for kind in ("tf", "teacherless", "reverse", "mamba_tf", "mamba_teacherless", "mamba_reverse", "mtp_k2", "mtp_k5"):
+        assert f"reference_{kind}.yaml" in names
+    assert {"quickstart.yaml", "quickstart_mamba.yaml", "quickstart_mtp.yaml"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: Path(c).name)
