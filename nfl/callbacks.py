@@ -8,7 +8,6 @@ import os
 from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from nfl.data.path_star import format_lines
@@ -26,27 +25,32 @@ class KeepLastCheckpoint(Callback):
     """
 
     @staticmethod
-    def _last_path(trainer: pl.Trainer) -> Optional[str]:
+    def _checkpoint(trainer: pl.Trainer) -> Optional[ModelCheckpoint]:
         checkpoint = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         if checkpoint is None or checkpoint.dirpath is None or not checkpoint.save_last:
             return None
-        return os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        return checkpoint
+
+    @staticmethod
+    def _save_last(trainer: pl.Trainer, checkpoint: ModelCheckpoint) -> str:
+        path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        trainer.save_checkpoint(path)
+        return path
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = self._last_path(trainer)
-        if path is None or trainer.global_step == 0:
-            return
-        saved = torch.load(path, map_location="cpu", weights_only=False)["global_step"] if os.path.isfile(path) else -1
-        if saved != trainer.global_step:
-            trainer.save_checkpoint(path)
+        checkpoint = self._checkpoint(trainer)
+        # ModelCheckpoint records the step it last saved on every rank, so all ranks agree here (a file
+        # check could differ across nodes and leave the collective save waiting).
+        if checkpoint is not None and trainer.global_step > 0 and checkpoint._last_global_step_saved != trainer.global_step:
+            self._save_last(trainer, checkpoint)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
             return
-        path = self._last_path(trainer)
-        if path is None:
+        checkpoint = self._checkpoint(trainer)
+        if checkpoint is None:
             return
-        trainer.save_checkpoint(path)
+        path = self._save_last(trainer, checkpoint)
         log.warning("Interrupted at step %d; saved %s (resume with --ckpt_path %s).", trainer.global_step, path, path)
 
 
