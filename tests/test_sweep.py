@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nfl.report import main as report_main
-from nfl.sweep import DONE, load_sweep
+from nfl.sweep import DONE, command, load_sweep
 from nfl.sweep import main as sweep_main
 from tests.conftest import ROOT
 
@@ -81,8 +81,20 @@ def test_sweep_files_are_checked(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_sweeps_expand(path):
+def test_shipped_sweeps_expand_and_every_setting_parses(path, run_cli, capsys):
     assert path.read_text().startswith("# ")
     spec, runs = load_sweep(str(path))
     assert os.path.isfile(spec["base"]) and len(runs) >= 3
     assert len({r.name for r in runs}) == len(runs)
+    covered, sample = set(), []  # one run per setting value is enough to parse each override once
+    for run in runs:
+        values = set(run.settings.items())
+        if not values <= covered:
+            covered |= values
+            sample.append(run)
+    for run in sample:
+        cmd = command(spec, run, "lightning_logs")
+        with pytest.raises(SystemExit) as done:
+            run_cli(*cmd[cmd.index("fit"):], "--print_config")
+        assert done.value.code == 0, run.name
+    capsys.readouterr()
