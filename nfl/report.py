@@ -4,7 +4,8 @@ Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events, se
 
 - ``results.md`` and ``results.csv``: one row per setting (runs that differ only in seed), with the mean and
   standard deviation over seeds of test exact match, decision-token accuracy, teacher-forced accuracy at
-  positions >= 3, the chance line ``1/d``, and a plain verdict (``solved`` / ``at chance`` / ``partial``);
+  positions >= 3, the chance line ``1/d``, and a plain verdict (``solved``, ``beats chance, not solved``,
+  ``at chance``, ``below chance: not learned``);
 - ``<setting>.png``: validation accuracy per position over training, free-running (left) beside
   teacher-forced (right), averaged over seeds, with the chance line: the Clever-Hans gap, and the order in
   which positions are learned.
@@ -57,11 +58,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def verdict(exact: float, decision: float, chance: float) -> str:
+    """Plain words for where the decision token stands against chance (5 points either way count as at)."""
     if exact >= 0.95:
         return "solved"
-    if abs(decision - chance) < 0.05:
-        return "at chance"
-    return "partial"
+    if decision > chance + 0.05:
+        return "beats chance, not solved"
+    if decision < chance - 0.05:
+        return "below chance: not learned"
+    return "at chance"
 
 
 def summarise(runs: list[dict]) -> list[dict]:

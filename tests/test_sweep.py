@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from nfl.report import main as report_main
+from nfl.report import verdict
 from nfl.sweep import DONE, command, load_sweep
 from nfl.sweep import main as sweep_main
 from tests.conftest import ROOT
@@ -49,7 +50,8 @@ def test_sweep_runs_each_combination_then_reports(sweep_file, tmp_path, capsys):
     assert set(rows) == {"objective=tf", "objective=reverse"}
     for row in rows.values():
         assert row["seeds"] == "2" and float(row["chance"]) == 0.5
-        assert 0.0 <= float(row["exact_match_mean"]) <= 1.0 and row["verdict"] in {"solved", "at chance", "partial"}
+        assert 0.0 <= float(row["exact_match_mean"]) <= 1.0
+        assert row["verdict"] == verdict(float(row["exact_match_mean"]), float(row["decision_acc_mean"]), 0.5)
     markdown = (tmp_path / "docs" / "results.md").read_text()
     assert "| objective=tf | 2 |" in markdown and "objective=reverse.png" in markdown
     for setting in rows:
@@ -98,3 +100,11 @@ def test_shipped_sweeps_expand_and_every_setting_parses(path, run_cli, capsys):
             run_cli(*cmd[cmd.index("fit"):], "--print_config")
         assert done.value.code == 0, run.name
     capsys.readouterr()
+
+
+def test_verdicts_say_plainly_where_the_decision_stands():
+    assert verdict(0.99, 0.99, 0.5) == "solved"
+    assert verdict(0.50, 0.50, 0.5) == "at chance"
+    assert verdict(0.00, 0.17, 0.5) == "below chance: not learned"
+    assert verdict(0.70, 0.70, 0.5) == "beats chance, not solved"
+    assert verdict(0.30, 0.30, 0.2) == "beats chance, not solved"
