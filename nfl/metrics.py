@@ -17,6 +17,8 @@ All states are sums, so values are exact under DDP (torchmetrics sums them acros
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torchmetrics import Metric
 
@@ -44,12 +46,16 @@ class PathStarMetrics(Metric):
         free_pred: torch.Tensor,
         tf_pred: torch.Tensor,
         loss: torch.Tensor,
+        well_formed: Optional[torch.Tensor] = None,
     ) -> None:
-        """Args: prefix (B, P); target, free_pred, tf_pred (B, l) in emitted order; loss: mean over the batch."""
+        """Args: prefix (B, P); target, free_pred, tf_pred (B, l) in emitted order (-1: no node there); loss:
+        mean over the batch; well_formed (B,): whether each generated answer parsed as exactly ``l`` nodes
+        (text-generating models), None when every answer is ``l`` node tokens by construction."""
         B = target.shape[0]
         free_ok = free_pred == target  # (B, l)
         self.n += B
-        self.exact += free_ok.all(dim=1).sum()
+        exact = free_ok.all(dim=1)
+        self.exact += (exact if well_formed is None else exact & well_formed).sum()
         self.free_correct += free_ok.sum(dim=0)
         self.tf_correct += (tf_pred == target).sum(dim=0)
         self.loss_sum += loss.detach().double() * B

@@ -72,8 +72,9 @@ class PathStarSystem(pl.LightningModule):
         self.save_hyperparameters()
         self.task = PathStarTask(degree, path_len, num_nodes)
         self.backbone = backbone(self.task.vocab_size, self.task.seq_len)
+        self.codec = self.backbone.codec(self.task)  # numeral batches <-> the backbone's own tokens
         self.objective = objective if objective is not None else TeacherForcing()
-        self.objective.bind(self.task, self.backbone)
+        self.objective.bind(self.task, self.backbone, self.codec.dummy)
         self._train_backbone: Optional[Callable] = None  # compiled view of self.backbone, not a submodule
         stages = ("val", "test", "train_eval")
         self.metrics = torch.nn.ModuleDict({stage: PathStarMetrics(self.task, reverse) for stage in stages})
@@ -87,9 +88,9 @@ class PathStarSystem(pl.LightningModule):
             object.__setattr__(self, "_train_backbone", torch.compile(self.backbone))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        prefix, target = batch
+        encoded = self.codec.encode(*batch)
         backbone = self.backbone if self._train_backbone is None else self._train_backbone
-        out = self.objective(backbone, prefix, target)
+        out = self.objective(backbone, encoded.prefix, encoded.target)
         self.log("train/loss", out.loss, prog_bar=True)
         for name, value in out.extras.items():
             self.log(f"train/{name}", value)
@@ -98,15 +99,18 @@ class PathStarSystem(pl.LightningModule):
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, batch: Batch, stage: str) -> None:
-        prefix, target = batch
-        out = self.objective(self.backbone, prefix, target)
-        free = self.objective.decode(self.backbone, prefix)
+        prefix, target = batch  # numeral node ids, which every metric is computed on
+        encoded = self.codec.encode(prefix, target)
+        out = self.objective(self.backbone, encoded.prefix, encoded.target)
+        generated = self.objective.decode(self.backbone, encoded.prefix, self.codec.decode_steps(encoded))
+        free, well_formed = self.codec.generated_nodes(generated)
+        tf = self.codec.teacher_forced_nodes(out.logits.argmax(-1), encoded, target)
         # {stage}/loss is the next-token cross-entropy of the teacher-forced logits, whatever the objective
         # trains on (a multi-head sum is not comparable across objectives); it equals out.loss for TF.
-        tf_loss = target_cross_entropy(out.logits, target)
-        self.metrics[stage].update(prefix, target, free, out.logits.argmax(-1), tf_loss)
+        tf_loss = target_cross_entropy(out.logits, encoded.target)
+        self.metrics[stage].update(prefix, target, free, tf, tf_loss, well_formed)
         if stage in self.objective_metrics:
-            self.objective_metrics[stage].update(out, target)
+            self.objective_metrics[stage].update(out, encoded.target)
 
     def _log_metrics(self, stage: str) -> None:
         for metric in (self.metrics[stage], self.objective_metrics[stage] if stage in self.objective_metrics else None):
@@ -131,7 +135,9 @@ class PathStarSystem(pl.LightningModule):
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
         prefix, target = batch
-        return {"prefix": prefix, "target": target, "prediction": self.objective.decode(self.backbone, prefix)}
+        encoded = self.codec.encode(prefix, target)
+        generated = self.objective.decode(self.backbone, encoded.prefix, self.codec.decode_steps(encoded))
+        return {"prefix": prefix, "target": target, "prediction": self.codec.generated_nodes(generated)[0]}
 
     # --- optimisation --------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -9,6 +9,10 @@ Incremental decoding goes through a backbone-specific cache: ``cache = backbone.
 updates the cache in place. ``backbone.rewind_cache(cache, pos)`` forgets every token from index ``pos`` on
 (speculative decoding drops rejected drafts this way); a backbone whose cache cannot rewind returns False.
 
+``backbone.codec(task)`` says which tokens the backbone reads: nfl's own backbones read the reference numeral
+tokens (:class:`~nfl.data.codec.NumeralCodec`); a pretrained model reads its tokenizer's
+(:class:`~nfl.data.codec.TextCodec`).
+
 ``backbone(idx, output_from=k)`` returns hidden states for positions ``k..T-1`` of ``idx`` only: objectives need
 outputs at the answer positions, and decoding needs the last one. Earlier positions still condition them; a
 backbone may skip work it does not need for them (GPT skips the last layer's queries and MLP), or compute
@@ -21,6 +25,9 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
+
+from nfl.data.codec import NumeralCodec
+from nfl.data.vocab import PathStarTask
 
 
 class Backbone(nn.Module):
@@ -36,6 +43,10 @@ class Backbone(nn.Module):
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)
         raise NotImplementedError
+
+    def codec(self, task: PathStarTask) -> NumeralCodec:
+        """Translation between the task's numeral batches and this backbone's tokens (default: none needed)."""
+        return NumeralCodec(task)
 
     def new_cache(self, batch_size: int, max_len: int) -> Any:
         """State for incremental decoding of up to ``max_len`` tokens in total."""

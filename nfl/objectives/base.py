@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
+from nfl.data.codec import IGNORE_INDEX
 from nfl.data.vocab import PathStarTask
 from nfl.models.base import Backbone
 
@@ -32,15 +33,22 @@ class Objective(nn.Module):
 
     task: PathStarTask
 
-    def bind(self, task: PathStarTask, backbone: Backbone) -> None:
-        """Attach to a task and backbone; objectives with parameters create them here."""
+    def bind(self, task: PathStarTask, backbone: Backbone, dummy: Optional[int] = None) -> None:
+        """Attach to a task and backbone; objectives with parameters create them here.
+
+        ``dummy`` is the teacherless dummy's token id in the backbone's tokens (default the numeral ``$``).
+        """
         self.task = task
+        self.dummy = task.dummy if dummy is None else dummy
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
+        """Loss and teacher-forced logits. ``prefix`` (B, P) and ``target`` (B, l) are in the backbone's tokens;
+        ``target`` may hold :data:`IGNORE_INDEX` past a row's end (pretrained tokenizers' answers differ in
+        length), which gets no loss."""
         raise NotImplementedError
 
-    def decode(self, backbone: Backbone, prefix: torch.Tensor) -> torch.Tensor:
-        """Free-running prediction of the target (B, l) from the prefix alone."""
+    def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        """Free-running prediction of ``steps`` answer tokens (B, steps) from the prefix alone (default ``l``)."""
         raise NotImplementedError
 
     def eval_metric(self) -> Optional[Metric]:
@@ -49,12 +57,19 @@ class Objective(nn.Module):
         ``name: value`` of ``compute()`` as ``{stage}/{name}`` (e.g. ``val/mtp/head_2_acc``)."""
         return None
 
-    def target_logits(self, backbone: Backbone, inputs: torch.Tensor) -> torch.Tensor:
+    def target_logits(self, backbone: Backbone, inputs: torch.Tensor, prefix_len: int) -> torch.Tensor:
         """Logits (B, l, V) at the ``l`` positions that predict the target: the ``=`` and the ``l-1`` after it."""
-        hidden = backbone(inputs, output_from=self.task.prefix_len - 1)  # (B, l, D)
+        hidden = backbone(inputs, output_from=prefix_len - 1)  # (B, l, D)
         return backbone.unembed(hidden)
 
 
+def fed_back(target: torch.Tensor) -> torch.Tensor:
+    """The answer tokens fed back as input, ``target[:, :-1]``; ignored positions (which come after a row's
+    last answer token, so causal attention never lets them reach a scored position) become token 0."""
+    return target[:, :-1].clamp(min=0)
+
+
 def target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of (B, l, V) logits against (B, l) targets, in float32 whatever the autocast."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
+    """Mean cross-entropy of (B, l, V) logits against (B, l) targets over the scored (not ignored) tokens,
+    in float32 whatever the autocast."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)

@@ -37,7 +37,7 @@ from nfl.data.vocab import PathStarTask
 from nfl.decoding import greedy_decode, speculative_greedy_decode
 from nfl.errors import UserInputError
 from nfl.models.base import Backbone
-from nfl.objectives.base import Objective, ObjectiveOutput, target_cross_entropy
+from nfl.objectives.base import Objective, ObjectiveOutput, fed_back, target_cross_entropy
 
 
 @dataclass
@@ -92,8 +92,8 @@ class MultiTokenHeads(Objective):
         self.k, self.reduction, self.speculative = k, reduction, speculative
         self.head_weights = [1.0] * k if head_weights is None else [float(w) for w in head_weights]
 
-    def bind(self, task: PathStarTask, backbone: Backbone) -> None:
-        super().bind(task, backbone)
+    def bind(self, task: PathStarTask, backbone: Backbone, dummy: Optional[int] = None) -> None:
+        super().bind(task, backbone, dummy)
         if self.k > task.path_len:
             raise UserInputError(
                 f"MultiTokenHeads: k={self.k} exceeds path_len={task.path_len}; head j needs an answer token "
@@ -106,11 +106,11 @@ class MultiTokenHeads(Objective):
         return backbone.unembed(hidden if j == 1 else self.heads[j - 2](hidden))
 
     def inputs(self, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.cat([prefix, target[:, :-1]], dim=1)  # (B, P + l - 1)
+        return torch.cat([prefix, fed_back(target)], dim=1)  # (B, P + l - 1)
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> MultiTokenOutput:
-        l = self.task.path_len
-        hidden = backbone(self.inputs(prefix, target), output_from=self.task.prefix_len - 1)  # (B, l, D): '=' onwards
+        l = target.shape[1]
+        hidden = backbone(self.inputs(prefix, target), output_from=prefix.shape[1] - 1)  # (B, l, D): '=' onwards
         preds = target.new_full((target.shape[0], self.k, l), -1)  # (B, k, l)
         extras, weighted, logits = {}, [], None
         for j in range(1, self.k + 1):
@@ -126,11 +126,12 @@ class MultiTokenHeads(Objective):
             loss = loss / sum(self.head_weights)
         return MultiTokenOutput(loss, logits, extras, head_preds=preds)
 
-    def decode(self, backbone: Backbone, prefix: torch.Tensor) -> torch.Tensor:
+    def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        steps = steps or self.task.target_len
         if not self.speculative or self.k == 1:
-            return greedy_decode(backbone, prefix, self.task.target_len)
+            return greedy_decode(backbone, prefix, steps)
         drafters = [functools.partial(self.head_logits, backbone, j) for j in range(2, self.k + 1)]
-        return speculative_greedy_decode(backbone, prefix, self.task.target_len, drafters)
+        return speculative_greedy_decode(backbone, prefix, steps, drafters)
 
     def eval_metric(self) -> Metric:
         return HeadAccuracy(self.k)
@@ -149,7 +150,7 @@ class HeadAccuracy(Metric):
 
     def update(self, output: MultiTokenOutput, target: torch.Tensor) -> None:
         preds = output.head_preds  # (B, k, l)
-        valid = preds >= 0
+        valid = (preds >= 0) & (target[:, None] >= 0)  # a prediction, of a scored answer token
         self.correct += ((preds == target[:, None]) & valid).sum(dim=(0, 2))
         self.count += valid.sum(dim=(0, 2))
 

@@ -7,11 +7,13 @@ graphs (the Clever-Hans cheat) the paper describes.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from nfl.decoding import greedy_decode
 from nfl.models.base import Backbone
-from nfl.objectives.base import Objective, ObjectiveOutput, target_cross_entropy
+from nfl.objectives.base import Objective, ObjectiveOutput, fed_back, target_cross_entropy
 
 
 class TeacherForcing(Objective):
@@ -27,11 +29,11 @@ class TeacherForcing(Objective):
         self.use_cache = use_cache
 
     def inputs(self, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.cat([prefix, target[:, :-1]], dim=1)  # (B, P + l - 1)
+        return torch.cat([prefix, fed_back(target)], dim=1)  # (B, P + l - 1)
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
-        logits = self.target_logits(backbone, self.inputs(prefix, target))
+        logits = self.target_logits(backbone, self.inputs(prefix, target), prefix.shape[1])
         return ObjectiveOutput(target_cross_entropy(logits, target), logits)
 
-    def decode(self, backbone: Backbone, prefix: torch.Tensor) -> torch.Tensor:
-        return greedy_decode(backbone, prefix, self.task.target_len, self.use_cache)
+    def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        return greedy_decode(backbone, prefix, steps or self.task.target_len, self.use_cache)

@@ -7,6 +7,8 @@ one forward pass, at training and at inference.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from nfl.models.base import Backbone
@@ -14,16 +16,24 @@ from nfl.objectives.base import Objective, ObjectiveOutput, target_cross_entropy
 
 
 class Teacherless(Objective):
-    """Predict the whole path in one pass from ``prefix + [$] * (l - 1)``."""
+    """Predict the whole path in one pass from ``prefix + [$] * (l - 1)``.
 
-    def inputs(self, prefix: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
-        dummies = prefix.new_full((prefix.shape[0], self.task.target_len - 1), self.task.dummy)
-        return torch.cat([prefix, dummies], dim=1)  # (B, P + l - 1)
+    With a pretrained tokenizer the answer is several tokens per node; every answer token is then a dummy in
+    the input (as in the reference code), and decoding reads a fixed token budget in one pass.
+    """
+
+    def inputs(self, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.with_dummies(prefix, target.shape[1])  # the answer's values are never read
+
+    def with_dummies(self, prefix: torch.Tensor, answer_len: int) -> torch.Tensor:
+        dummies = prefix.new_full((prefix.shape[0], answer_len - 1), self.dummy)
+        return torch.cat([prefix, dummies], dim=1)  # (B, P + answer_len - 1)
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
-        logits = self.target_logits(backbone, self.inputs(prefix))
+        logits = self.target_logits(backbone, self.inputs(prefix, target), prefix.shape[1])
         return ObjectiveOutput(target_cross_entropy(logits, target), logits)
 
     @torch.no_grad()
-    def decode(self, backbone: Backbone, prefix: torch.Tensor) -> torch.Tensor:
-        return self.target_logits(backbone, self.inputs(prefix)).argmax(-1)  # (B, l)
+    def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        steps = steps or self.task.target_len
+        return self.target_logits(backbone, self.with_dummies(prefix, steps), prefix.shape[1]).argmax(-1)  # (B, steps)

@@ -1,0 +1,184 @@
+"""Codecs: how a path-star batch becomes a backbone's tokens, and the backbone's answers become path nodes again.
+
+The data module always yields the reference numeral tokens (SPEC §1): a ``prefix`` (B, P) and a ``target``
+(B, l) of node ids. Metrics are always computed on those node ids. A codec sits between the two:
+
+- :class:`NumeralCodec` (GPT, Mamba): the backbone reads numeral tokens, so it is the identity.
+- :class:`TextCodec` (pretrained Hugging Face models): each example is written out in the reference text
+  format and tokenised with the model's own tokenizer, the prefix (``...=``) and the answer (``s,...,g``)
+  separately, as the reference code does, so the answer always starts on a token boundary. An end token
+  (the tokenizer's EOS) closes each answer, so free-running decoding knows where the answer stops. Rows are
+  aligned at the ``=``: prefixes are left-padded (the backbone masks the padding and starts positions at the
+  first real token) and answers right-padded with :data:`IGNORE_INDEX`, so every objective can treat a
+  batch exactly as it treats numeral tokens.
+
+  Back to nodes: a generated answer is decoded to text, cut at the first end token, and parsed as
+  ``l`` comma-separated integers. Text that does not parse is never an error: the positions that do not
+  hold a node id read -1 (always wrong), and the row is marked ill-formed, so it is never an exact match.
+  Under teacher forcing, path node ``i`` is right when every token that spells part of it is predicted
+  right (the tokenizer's character offsets say which tokens those are); separators and the end token
+  count towards the loss but belong to no node.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from nfl.data.vocab import PathStarTask
+from nfl.errors import UserInputError
+
+IGNORE_INDEX = -100  # answer positions past a row's end: no loss, no metric
+
+_NODE = re.compile(r"[0-9]+")
+
+
+@dataclass
+class EncodedBatch:
+    """A batch in the backbone's tokens, aligned so that every row's answer starts at column ``P``."""
+
+    prefix: torch.Tensor  # (B, P) token ids up to and including '='
+    target: torch.Tensor  # (B, L) answer token ids, IGNORE_INDEX past each row's end
+    node_tokens: Optional[torch.Tensor] = None  # (B, l, L) bool: answer token j spells part of path node i
+
+
+class NumeralCodec:
+    """The identity codec of backbones trained on the reference numeral tokens (node ``i`` is token ``i``)."""
+
+    def __init__(self, task: PathStarTask) -> None:
+        self.task = task
+
+    @property
+    def dummy(self) -> int:
+        """Token id of the teacherless dummy ``$``."""
+        return self.task.dummy
+
+    def encode(self, prefix: torch.Tensor, target: torch.Tensor) -> EncodedBatch:
+        return EncodedBatch(prefix, target)
+
+    def decode_steps(self, batch: EncodedBatch) -> int:
+        """How many tokens free-running decoding generates."""
+        return self.task.target_len
+
+    def generated_nodes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Generated tokens (B, S) -> path nodes (B, l) and a well-formed flag (B,) (None: all are)."""
+        return tokens, None
+
+    def teacher_forced_nodes(self, pred: torch.Tensor, batch: EncodedBatch, target: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced answer tokens (B, L) -> (B, l) node ids: the target node where it was right, else -1."""
+        return pred
+
+
+class TextCodec:
+    """Reference text format <-> a Hugging Face fast tokenizer's token ids (see the module docstring).
+
+    Args:
+        tokenizer: a ``transformers`` fast tokenizer (its character offsets map tokens to path nodes).
+        task: the G(d, l, N) being trained.
+        pad_id: token id that left-pads prefixes; the backbone masks a leading run of it.
+        dummy_token: the teacherless dummy, a string the tokenizer encodes as exactly one token.
+        max_positions: the model's longest sequence; longer batches are refused with a clear error.
+    """
+
+    def __init__(
+        self, tokenizer: Any, task: PathStarTask, pad_id: int, dummy_token: str = "$", max_positions: int = 1 << 30
+    ) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise UserInputError(
+                f"{type(tokenizer).__name__} is a slow tokenizer; nfl needs a fast one (its character offsets "
+                "map tokens to path nodes). Save the model with a tokenizer.json, or load it with use_fast=True."
+            )
+        if tokenizer.eos_token_id is None:
+            raise UserInputError("The tokenizer has no EOS token, which nfl uses to end each answer; set eos_token.")
+        self.tokenizer, self.task, self.pad_id, self.max_positions = tokenizer, task, pad_id, max_positions
+        self.eos = tokenizer.eos_token_id
+        ids = tokenizer(dummy_token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise UserInputError(
+                f"dummy_token {dummy_token!r} is {len(ids)} tokens for this tokenizer; teacherless training needs "
+                f"a single token. Choose another dummy_token (e.g. '$', '#', or the tokenizer's pad or unk token)."
+            )
+        self._dummy = ids[0]
+        # The longest answer the tokenizer could produce, spelled one node at a time: decoding's budget.
+        widths = [len(tokenizer(str(i), add_special_tokens=False)["input_ids"]) for i in range(task.num_nodes)]
+        comma = len(tokenizer(",", add_special_tokens=False)["input_ids"])
+        self._budget = task.path_len * max(widths) + (task.path_len - 1) * comma + 1
+
+    @property
+    def dummy(self) -> int:
+        return self._dummy
+
+    # --- numeral tokens -> text -> the tokenizer's tokens -----------------------------------------------
+    def prefix_texts(self, prefix: np.ndarray) -> list[str]:
+        """The text ``p,c|...|p,c/s,g=`` of each numeral prefix row (B, P)."""
+        e = self.task.num_edges
+        texts = []
+        for row in prefix.tolist():
+            edges = "|".join(f"{row[k]},{row[k + 1]}" for k in range(0, 3 * e, 3))
+            texts.append(f"{edges}/{row[3 * e]},{row[3 * e + 1]}=")
+        return texts
+
+    def encode(self, prefix: torch.Tensor, target: torch.Tensor) -> EncodedBatch:
+        prefix_ids = self.tokenizer(self.prefix_texts(prefix.cpu().numpy()), add_special_tokens=False)["input_ids"]
+        nodes = target.tolist()
+        answers, spans = [], []  # the answer text of each row and the character span of each of its nodes
+        for row in nodes:
+            text, row_spans = "", []
+            for i, node in enumerate(row):
+                if i:
+                    text += ","
+                row_spans.append((len(text), len(text) + len(str(node))))
+                text += str(node)
+            answers.append(text)
+            spans.append(row_spans)
+        enc = self.tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True)
+        B, l = target.shape
+        P = max(map(len, prefix_ids))
+        L = max(map(len, enc["input_ids"])) + 1  # + the end token
+        if P + L - 1 > self.max_positions:
+            raise UserInputError(
+                f"A G({self.task.degree},{self.task.path_len},{self.task.num_nodes}) example is {P + L - 1} tokens "
+                f"for this tokenizer, more than the model's {self.max_positions} positions. Use a smaller graph."
+            )
+        prefix_out = torch.full((B, P), self.pad_id, dtype=torch.long)
+        target_out = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+        node_tokens = torch.zeros((B, l, L), dtype=torch.bool)
+        for b in range(B):
+            p = prefix_ids[b]
+            prefix_out[b, P - len(p) :] = torch.tensor(p)
+            ids, offsets = enc["input_ids"][b], enc["offset_mapping"][b]
+            target_out[b, : len(ids) + 1] = torch.tensor(ids + [self.eos])
+            for j, (start, end) in enumerate(offsets):
+                for i, (s, e) in enumerate(spans[b]):
+                    if start < e and s < end:  # token j overlaps node i's characters
+                        node_tokens[b, i, j] = True
+        device = prefix.device
+        return EncodedBatch(prefix_out.to(device), target_out.to(device), node_tokens.to(device))
+
+    # --- the tokenizer's tokens -> path nodes -------------------------------------------------------
+    def decode_steps(self, batch: EncodedBatch) -> int:
+        return max(self._budget, batch.target.shape[1])
+
+    def parse(self, ids: list[int]) -> tuple[list[int], bool]:
+        """One generated answer -> (l node ids, -1 where there is none; whether the answer is well formed)."""
+        ended = self.eos in ids
+        text = self.tokenizer.decode(ids[: ids.index(self.eos)] if ended else ids)
+        pieces = text.split(",")
+        l, n = self.task.path_len, self.task.num_nodes
+        nodes = [int(p) if _NODE.fullmatch(p) and int(p) < n else -1 for p in pieces[:l]]
+        nodes += [-1] * (l - len(nodes))
+        return nodes, ended and len(pieces) == l and all(_NODE.fullmatch(p) for p in pieces)
+
+    def generated_nodes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        parsed = [self.parse(row) for row in tokens.tolist()]
+        nodes = torch.tensor([p[0] for p in parsed], dtype=torch.long, device=tokens.device)
+        well_formed = torch.tensor([p[1] for p in parsed], dtype=torch.bool, device=tokens.device)
+        return nodes, well_formed
+
+    def teacher_forced_nodes(self, pred: torch.Tensor, batch: EncodedBatch, target: torch.Tensor) -> torch.Tensor:
+        wrong = batch.node_tokens & (pred != batch.target)[:, None, :]  # (B, l, L)
+        return torch.where(wrong.any(dim=2), torch.full_like(target, -1), target)

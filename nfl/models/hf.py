@@ -1,0 +1,134 @@
+"""HFCausalLM: a pretrained Hugging Face causal LM (GPT-2, Pythia, ...) as an nfl backbone, with its own tokenizer.
+
+The paper also fine-tunes pretrained GPT-2 and Pythia models (Bachmann & Nagarajan 2024, §4). Such a model
+reads its own tokenizer's tokens, not nfl's numeral ones: :meth:`HFCausalLM.codec` gives the system a
+:class:`~nfl.data.codec.TextCodec` that writes each batch out in the reference text format, tokenises it, and
+parses generated text back to path nodes, so every objective and metric works unchanged.
+
+Left padding. The codec aligns rows at ``=`` by left-padding prefixes with ``pad_id``. This module masks a
+leading run of ``pad_id`` from attention and counts positions from each row's first real token, so a row's
+hidden states do not depend on what it was batched with. Nothing downloads at import time:
+``transformers`` (the ``hf`` extra) is imported when a model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import torch
+
+from nfl.data.codec import TextCodec
+from nfl.data.vocab import PathStarTask
+from nfl.errors import UserInputError
+from nfl.models.base import Backbone
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError as err:
+        raise UserInputError(
+            "nfl.models.HFCausalLM needs the transformers package: pip install 'nfl[hf]' (or transformers)."
+        ) from err
+    return transformers
+
+
+@dataclass
+class HFCache:
+    """Incremental-decoding state: the model's own KV cache plus the attention mask of everything in it."""
+
+    kv: Any  # transformers.DynamicCache
+    mask: Optional[torch.Tensor] = None  # (B, T) 1 for real tokens, 0 for left padding
+
+
+class HFCausalLM(Backbone):
+    """A pretrained causal LM from the hub or a local folder, fine-tuned on the path-star task.
+
+    Args:
+        vocab_size, max_seq_len: linked from the data for nfl's own backbones; unused here (the model and
+            its tokenizer bring their own).
+        model: a hub name (``gpt2``, ``EleutherAI/pythia-410m``; downloaded on first use) or a local folder
+            written by ``save_pretrained``.
+        tokenizer: where to load the tokenizer from; default the same as ``model``.
+        dummy_token: the teacherless dummy, a string the tokenizer encodes as one token (the reference code
+            uses ``$``).
+        dtype: weights' dtype: ``bfloat16`` halves the memory (pair it with ``trainer.precision: bf16-true``);
+            default float32.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        revision: a hub branch, tag or commit to pin.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_seq_len: int,
+        model: str,
+        tokenizer: Optional[str] = None,
+        dummy_token: str = "$",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        revision: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        transformers = _transformers()
+        source = tokenizer or model
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=revision)
+        except (OSError, ValueError) as err:
+            raise UserInputError(f"Could not load a tokenizer from {source!r}: {err}") from err
+        try:
+            self.lm = transformers.AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=_DTYPES[dtype])
+        except (OSError, ValueError) as err:
+            raise UserInputError(
+                f"Could not load a causal LM from {model!r}: {err}. Give a hub name (downloaded on first use) or "
+                "a folder written by save_pretrained."
+            ) from err
+        if gradient_checkpointing:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        config = self.lm.config
+        self.d_model = config.hidden_size
+        self.vocab_size = self.lm.get_output_embeddings().out_features
+        self.max_seq_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1 << 30)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id  # GPT-2 and Pythia have no pad
+        self.dummy_token = dummy_token
+
+    def codec(self, task: PathStarTask) -> TextCodec:
+        return TextCodec(self.tokenizer, task, self.pad_id, self.dummy_token, self.max_seq_len)
+
+    def _padding_mask(self, idx: torch.Tensor) -> torch.Tensor:
+        """1 from each row's first non-pad token on: only a leading run of ``pad_id`` is padding."""
+        return (idx != self.pad_id).long().cummax(dim=1).values  # (B, T)
+
+    def forward(self, idx: torch.Tensor, cache: Optional[HFCache] = None, output_from: int = 0) -> torch.Tensor:
+        if cache is None or cache.mask is None:
+            mask = self._padding_mask(idx)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
+        else:  # everything after the first call follows real tokens
+            mask = torch.cat([cache.mask, cache.mask.new_ones(idx.shape)], dim=1)
+            positions = cache.mask.sum(dim=1, keepdim=True) + torch.arange(idx.shape[1], device=idx.device)
+        if cache is not None:
+            cache.mask = mask
+        out = self.lm.base_model(
+            input_ids=idx,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=None if cache is None else cache.kv,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state[:, output_from:]  # (B, T - output_from, D)
+
+    def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_output_embeddings()(hidden)
+
+    def new_cache(self, batch_size: int, max_len: int) -> HFCache:
+        return HFCache(_transformers().DynamicCache(config=self.lm.config))
+
+    def rewind_cache(self, cache: HFCache, pos: int) -> bool:
+        if cache.mask is not None:
+            cache.kv.crop(pos)
+            cache.mask = cache.mask[:, :pos]
+        return True
