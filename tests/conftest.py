@@ -62,6 +62,16 @@ def _torch_seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def hf_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny local stand-ins for the hub models (tests/hf_tiny.py): architecture -> folder."""
+    pytest.importorskip("transformers")
+    from tests.hf_tiny import gpt2_like, pythia_like
+
+    root = tmp_path_factory.mktemp("hf")
+    return {"gpt2": gpt2_like(root / "gpt2"), "gpt_neox": pythia_like(root / "pythia")}
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"

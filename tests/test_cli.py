@@ -17,15 +17,21 @@ def test_configs_are_shipped():
     for kind in ("tf", "teacherless", "reverse", "mamba_tf", "mamba_teacherless", "mamba_reverse", "mtp_k2", "mtp_k5"):
         assert f"reference_{kind}.yaml" in names
     assert {"quickstart.yaml", "quickstart_mamba.yaml", "quickstart_mtp.yaml"} <= names
+    assert {"finetune_gpt2.yaml", "finetune_pythia.yaml"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: Path(c).name)
-def test_every_config_parses_and_runs_a_few_steps(config, run_cli):
+def test_every_config_parses_and_runs_a_few_steps(config, run_cli, request):
     first_line = Path(config).read_text().splitlines()[0]
     assert first_line.startswith("# "), "each config starts with a comment saying what it reproduces"
+    local = []
+    backbone = yaml.safe_load(Path(config).read_text())["model"]["backbone"]
+    if backbone["class_path"] == "nfl.models.HFCausalLM":  # nothing downloads: a tiny model of the same kind
+        kind = "gpt_neox" if "pythia" in backbone["init_args"]["model"] else "gpt2"
+        local = ["--model.backbone.init_args.model", str(request.getfixturevalue("hf_folders")[kind])]
     cli = run_cli(
         "fit", "--config", config, "--trainer.fast_dev_run", "2", "--data.init_args.batch_size", "8",
-        "--data.init_args.n_test", "16", "--trainer.enable_progress_bar", "false",
+        "--data.init_args.n_test", "16", "--trainer.enable_progress_bar", "false", *local,
     )
     assert cli.trainer.global_step == 2
 

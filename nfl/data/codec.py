@@ -164,14 +164,15 @@ class TextCodec:
         return max(self._budget, batch.target.shape[1])
 
     def parse(self, ids: list[int]) -> tuple[list[int], bool]:
-        """One generated answer -> (l node ids, -1 where there is none; whether the answer is well formed)."""
+        """One generated answer -> (l node ids, -1 where there is none; whether it is well formed: ended by the
+        end token, and exactly ``l`` comma-separated node ids below N)."""
         ended = self.eos in ids
         text = self.tokenizer.decode(ids[: ids.index(self.eos)] if ended else ids)
         pieces = text.split(",")
         l, n = self.task.path_len, self.task.num_nodes
         nodes = [int(p) if _NODE.fullmatch(p) and int(p) < n else -1 for p in pieces[:l]]
         nodes += [-1] * (l - len(nodes))
-        return nodes, ended and len(pieces) == l and all(_NODE.fullmatch(p) for p in pieces)
+        return nodes, ended and len(pieces) == l and min(nodes) >= 0
 
     def generated_nodes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         parsed = [self.parse(row) for row in tokens.tolist()]

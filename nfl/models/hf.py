@@ -13,6 +13,8 @@ hidden states do not depend on what it was batched with. Nothing downloads at im
 
 from __future__ import annotations
 
+import inspect
+import os
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -75,6 +77,11 @@ class HFCausalLM(Backbone):
         super().__init__()
         transformers = _transformers()
         source = tokenizer or model
+        for where in {model, source}:
+            if where.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(where)):
+                raise UserInputError(
+                    f"There is no folder {where!r}. Give a folder written by save_pretrained, or a hub name."
+                )
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=revision)
         except (OSError, ValueError) as err:
@@ -86,8 +93,12 @@ class HFCausalLM(Backbone):
                 f"Could not load a causal LM from {model!r}: {err}. Give a hub name (downloaded on first use) or "
                 "a folder written by save_pretrained."
             ) from err
-        if gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.lm.train()  # from_pretrained leaves it in eval mode; Lightning switches modes per stage from here
+        if gradient_checkpointing:  # renamed in transformers 5.x; the old name warns
+            if hasattr(self.lm, "activation_checkpointing_enable"):
+                self.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         config = self.lm.config
         self.d_model = config.hidden_size
         self.vocab_size = self.lm.get_output_embeddings().out_features
@@ -95,6 +106,9 @@ class HFCausalLM(Backbone):
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.tokenizer.eos_token_id  # GPT-2 and Pythia have no pad
         self.dummy_token = dummy_token
+        # transformers 5.x renamed past_key_values to cache (the old name warns, then goes away).
+        params = inspect.signature(self.lm.base_model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def codec(self, task: PathStarTask) -> TextCodec:
         return TextCodec(self.tokenizer, task, self.pad_id, self.dummy_token, self.max_seq_len)
@@ -112,12 +126,9 @@ class HFCausalLM(Backbone):
             positions = cache.mask.sum(dim=1, keepdim=True) + torch.arange(idx.shape[1], device=idx.device)
         if cache is not None:
             cache.mask = mask
+        kv = {} if cache is None else {self._cache_arg: cache.kv}
         out = self.lm.base_model(
-            input_ids=idx,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=None if cache is None else cache.kv,
-            use_cache=cache is not None,
+            input_ids=idx, attention_mask=mask, position_ids=positions, use_cache=cache is not None, **kv
         )
         return out.last_hidden_state[:, output_from:]  # (B, T - output_from, D)
 
@@ -128,7 +139,7 @@ class HFCausalLM(Backbone):
         return HFCache(_transformers().DynamicCache(config=self.lm.config))
 
     def rewind_cache(self, cache: HFCache, pos: int) -> bool:
-        if cache.mask is not None:
-            cache.kv.crop(pos)
+        if cache.mask is not None and pos < cache.mask.shape[1]:
+            cache.kv.crop(pos - cache.mask.shape[1])  # a negative count drops that many tokens (4.x and 5.x)
             cache.mask = cache.mask[:, :pos]
         return True

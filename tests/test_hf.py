@@ -1,0 +1,267 @@
+"""Pretrained Hugging Face backbones: tokenisation round trips, node-level metrics, padding, decoding, training.
+
+Every model and tokenizer here is tiny, built by tests/hf_tiny.py and loaded from a local folder through the
+same ``from_pretrained`` path users take; nothing downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from nfl.data.codec import IGNORE_INDEX, TextCodec  # noqa: E402
+from nfl.data.path_star import format_lines, sample_graphs  # noqa: E402
+from nfl.data.vocab import PathStarTask  # noqa: E402
+from nfl.decoding import greedy_decode  # noqa: E402
+from nfl.errors import UserInputError  # noqa: E402
+from nfl.metrics import PathStarMetrics  # noqa: E402
+from nfl.models.hf import HFCausalLM  # noqa: E402
+from nfl.objectives import MultiTokenHeads, Teacherless, TeacherForcing  # noqa: E402
+from tests.conftest import SPEC_PREFIX, SPEC_TARGET, read_scalars, version_dir  # noqa: E402
+from tests.hf_tiny import EOS  # noqa: E402
+
+KINDS = ("gpt2", "gpt_neox")  # a BPE tokenizer with pad = EOS; a character tokenizer with its own pad
+
+
+def backbone(folder: Path, **kwargs) -> HFCausalLM:
+    return HFCausalLM(0, 0, str(folder), **kwargs).eval()
+
+
+def graphs(task: PathStarTask, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix, target = sample_graphs(np.random.default_rng(seed), n, task)
+    return torch.from_numpy(prefix), torch.from_numpy(target)
+
+
+def text_of(codec: TextCodec, ids: torch.Tensor) -> str:
+    return codec.tokenizer.decode([i for i in ids.tolist() if i != IGNORE_INDEX])
+
+
+# --- text <-> tokens <-> node ids -------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_round_trip_text_tokens_node_ids(kind, reverse, hf_folders, task):
+    codec = backbone(hf_folders[kind]).codec(task)
+    prefix, path = graphs(task, 64)
+    target = path.flip(1) if reverse else path
+    batch = codec.encode(prefix, target)
+    lines = format_lines(prefix.numpy(), path.numpy(), task)
+    P = batch.prefix.shape[1]
+    pads = (batch.prefix == codec.pad_id).long().cummin(dim=1).values.sum(dim=1)  # leading pads per row
+    for b, line in enumerate(lines):
+        assert text_of(codec, batch.prefix[b, int(pads[b]) :]) == line.split("=")[0] + "="
+        answer = ",".join(map(str, target[b].tolist()))
+        assert text_of(codec, batch.target[b]) == answer + EOS
+    assert batch.prefix.shape[0] == 64 and P == max(len(codec.tokenizer(line.split("=")[0] + "=")["input_ids"]) for line in lines)
+    nodes, well_formed = codec.generated_nodes(batch.target.clamp(min=0))
+    assert torch.equal(nodes, target) and bool(well_formed.all())
+    # Every node is spelled by at least one answer token, and no token by two nodes.
+    assert bool(batch.node_tokens.any(dim=2).all()) and int(batch.node_tokens.sum(dim=1).max()) == 1
+
+
+def test_rows_of_different_lengths_are_aligned_at_the_equals_sign(hf_folders, task):
+    """The character tokenizer spells 1- and 2-digit nodes with 1 and 2 tokens, so rows differ in length."""
+    codec = backbone(hf_folders["gpt_neox"]).codec(task)
+    batch = codec.encode(*graphs(task, 64))
+    eq = codec.tokenizer.convert_tokens_to_ids("=")
+    assert (batch.prefix[:, -1] == eq).all()
+    pads = (batch.prefix == codec.pad_id).sum(dim=1)
+    assert pads.min() == 0 and pads.max() > 0  # left padding where needed, none in the longest row
+    lengths = (batch.target != IGNORE_INDEX).sum(dim=1)
+    assert lengths.min() < lengths.max()
+
+
+def test_teacherless_input_positions_hold_the_dummy(hf_folders, task):
+    hf = backbone(hf_folders["gpt2"])
+    codec = hf.codec(task)
+    objective = Teacherless()
+    objective.bind(task, hf, codec.dummy)
+    batch = codec.encode(*graphs(task, 8))
+    inputs = objective.inputs(batch.prefix, batch.target)
+    P, L = batch.prefix.shape[1], batch.target.shape[1]
+    assert codec.dummy == codec.tokenizer("$")["input_ids"][0]
+    assert inputs.shape == (8, P + L - 1) and (inputs[:, P:] == codec.dummy).all()
+    assert torch.equal(inputs[:, :P], batch.prefix)
+
+
+def test_dummy_token_must_be_a_single_token(hf_folders, task):
+    with pytest.raises(UserInputError, match="dummy_token '\\$\\$' is 2 tokens"):
+        backbone(hf_folders["gpt_neox"], dummy_token="$$").codec(task)
+    assert backbone(hf_folders["gpt_neox"], dummy_token="#").codec(task).dummy == 18
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(UserInputError, match="Could not load a tokenizer from"):
+        HFCausalLM(0, 0, str(tmp_path / "nowhere"))
+
+
+# --- metrics on generated text ------------------------------------------------------------------------------
+GENERATIONS = [  # (generated text, parsed nodes, well formed) for the answer 32,34,6,16,12
+    ("32,34,6,16,12" + EOS, [32, 34, 6, 16, 12], True),
+    ("32,3,19,47,28" + EOS, [32, 3, 19, 47, 28], True),  # the wrong arm, well formed
+    ("32,34,6" + EOS, [32, 34, 6, -1, -1], False),  # too short
+    ("32,34,6,16,12,7" + EOS, [32, 34, 6, 16, 12], False),  # too long: right nodes, still not exact
+    ("32,,6,16,12" + EOS, [32, -1, 6, 16, 12], False),  # an empty node
+    ("32,34,6,16,12", [32, 34, 6, 16, 12], False),  # never ended
+    ("32,34,99,16,12" + EOS, [32, 34, -1, 16, 12], False),  # 99 is no node of G(2,5,50)
+    ("$$$|/=" + EOS, [-1, -1, -1, -1, -1], False),  # garbage
+    (EOS, [-1, -1, -1, -1, -1], False),  # nothing
+    ("32,34,6,16,12" + EOS + "garbage", [32, 34, 6, 16, 12], True),  # what follows the end is ignored
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generated_text_is_parsed_and_malformed_text_counts_as_wrong(kind, hf_folders, task):
+    codec = backbone(hf_folders[kind]).codec(task)
+    parsed = [codec.generated_nodes(torch.tensor([codec.tokenizer(text)["input_ids"]])) for text, _, _ in GENERATIONS]
+    nodes, well_formed = torch.cat([p[0] for p in parsed]), torch.cat([p[1] for p in parsed])
+    assert nodes.tolist() == [nodes for _, nodes, _ in GENERATIONS]
+    assert well_formed.tolist() == [ok for _, _, ok in GENERATIONS]
+
+    # Through the metric: two generations are exact matches, though four more match node for node.
+    n = len(GENERATIONS)
+    prefix, target = torch.tensor([SPEC_PREFIX] * n), torch.tensor([SPEC_TARGET] * n)
+    metric = PathStarMetrics(task)
+    metric.update(prefix, target, nodes, target, torch.tensor(0.0), well_formed)
+    out = metric.compute()
+    assert out["exact_match"].item() == pytest.approx(2 / n)
+    assert out["decision_acc"].item() == pytest.approx(6 / n)  # rows 0, 2, 3, 5, 6, 9 say 34 second
+
+
+def test_teacher_forced_node_is_right_only_when_all_its_tokens_are(hf_folders, task):
+    codec = backbone(hf_folders["gpt_neox"]).codec(task)  # one token per character
+    target = torch.tensor([[32, 34, 6, 16, 12]])
+    batch = codec.encode(torch.tensor([SPEC_PREFIX]), target)
+    # "32,34,6,16,12<eos>": tokens 0-1 are node 1, 3-4 node 2, 6 node 3, 8-9 node 4, 11-12 node 5.
+    pred = batch.target.clone()
+    assert torch.equal(codec.teacher_forced_nodes(pred, batch, target), target)
+    pred[0, 4] = codec.tokenizer.convert_tokens_to_ids("5")  # second digit of node 2 wrong
+    pred[0, 7] = codec.tokenizer.convert_tokens_to_ids("|")  # a comma wrong: no node's fault
+    pred[0, 13] = codec.tokenizer.convert_tokens_to_ids("0")  # the end token wrong: no node's fault
+    assert codec.teacher_forced_nodes(pred, batch, target).tolist() == [[32, -1, 6, 16, 12]]
+
+
+# --- the backbone -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_row_does_not_depend_on_the_padding_it_is_batched_with(kind, hf_folders, task):
+    hf = backbone(hf_folders[kind])
+    batch = hf.codec(task).encode(*graphs(task, 32))
+    pads = (batch.prefix == hf.pad_id).long().cummin(dim=1).values.sum(dim=1)  # leading pads per row
+    with torch.no_grad():
+        together = hf(batch.prefix)
+        for b in range(32):
+            alone = hf(batch.prefix[b : b + 1, int(pads[b]) :])
+            torch.testing.assert_close(together[b, int(pads[b]) :], alone[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cached_speculative_and_uncached_decoding_agree(kind, hf_folders, task):
+    hf = backbone(hf_folders[kind])
+    codec = hf.codec(task)
+    batch = codec.encode(*graphs(task, 16))
+    steps = codec.decode_steps(batch)
+    cached, uncached = greedy_decode(hf, batch.prefix, steps, True), greedy_decode(hf, batch.prefix, steps, False)
+    assert torch.equal(cached, uncached)
+    mtp = MultiTokenHeads(k=3, speculative=True)
+    mtp.bind(task, hf, codec.dummy)
+    mtp.eval()
+    drafted = mtp.decode(hf, batch.prefix, steps)
+    assert torch.equal(drafted, cached)
+
+
+def test_gradient_checkpointing_and_bf16_weights(hf_folders, task):
+    batch = backbone(hf_folders["gpt2"]).codec(task).encode(*graphs(task, 8))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        hf = HFCausalLM(0, 0, str(hf_folders["gpt2"]), gradient_checkpointing=checkpointing).eval()
+        assert hf.lm.is_gradient_checkpointing == checkpointing
+        objective = TeacherForcing()
+        objective.bind(task, hf)
+        objective(hf, batch.prefix, batch.target).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in hf.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])  # recomputation changes memory, not the gradient
+    assert grads[0].abs().sum() > 0
+
+    hf = backbone(hf_folders["gpt2"], dtype="bfloat16")
+    assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}
+    objective = TeacherForcing()
+    objective.bind(task, hf)
+    loss = objective(hf, batch.prefix, batch.target).loss
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)  # the loss is computed in float32
+
+
+# --- training through the CLI ---------------------------------------------------------------------------------
+def hf_config(tmp_path: Path, folder: Path, objective: str = "nfl.objectives.TeacherForcing", steps: int = 30) -> Path:
+    config = tmp_path / "hf.yaml"
+    config.write_text(f"""
+seed_everything: 0
+trainer:
+  max_steps: {steps}
+  val_check_interval: {steps}
+  check_val_every_n_epoch: null
+  log_every_n_steps: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true}}
+model:
+  backbone:
+    class_path: nfl.models.HFCausalLM
+    init_args: {{model: {folder}}}
+  objective:
+    class_path: {objective}
+  lr: 3.0e-3
+  weight_decay: 0.0
+data:
+  class_path: nfl.data.PathStarDataModule
+  init_args: {{degree: 2, path_len: 4, num_nodes: 20, batch_size: 32, n_val: 64, n_test: 64}}
+""")
+    return config
+
+
+def test_a_few_training_steps_lower_the_loss_and_the_checkpoint_keeps_them(run_cli, hf_folders, tmp_path):
+    config = str(hf_config(tmp_path, hf_folders["gpt2"]))
+    run_cli("fit", "--config", config, "--test_after_fit", "true")
+    scalars = read_scalars(version_dir(tmp_path))
+    losses = [v for _, v in scalars["train/loss"]]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    for tag in ("test/exact_match", "test/decision_acc", "test/tf/pos_ge3", "test/free/pos_4", "test/edge_follow_rate"):
+        assert 0.0 <= scalars[tag][-1][1] <= 1.0
+    # Held-out loss is down too: from ln(297) = 5.7 (uniform over the tokenizer) to near the entropy of the
+    # answer's nodes (ln 20 = 3.0 a node; the commas and the end token are predictable).
+    assert scalars["test/loss"][-1][1] < 0.7 * losses[0]
+
+    # The checkpoint restores the fine-tuned weights over the pretrained ones the backbone is rebuilt from.
+    ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    cli = run_cli("test", "--config", config, "--ckpt_path", ckpt)
+    assert cli.trainer.callback_metrics["test/loss"].item() == pytest.approx(scalars["test/loss"][-1][1], rel=1e-5)
+    out = tmp_path / "predictions.tsv"
+    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.callbacks+=nfl.callbacks.PredictionWriter",
+            f"--trainer.callbacks.path={out}")
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert len(rows) == 64 and all(ok == str(int(line.split("=")[1] == pred)) for line, pred, ok in rows)
+
+
+@pytest.mark.parametrize(
+    "objective, extra",
+    [
+        ("nfl.objectives.Teacherless", []),
+        ("nfl.objectives.MultiTokenHeads", ["--model.objective.init_args.k", "2"]),
+        ("nfl.objectives.TeacherForcing", ["--data.init_args.reverse", "true"]),
+    ],
+    ids=["teacherless", "mtp_k2", "reverse"],
+)
+def test_every_objective_trains_and_evaluates_on_a_pretrained_model(objective, extra, run_cli, hf_folders, tmp_path):
+    config = hf_config(tmp_path, hf_folders["gpt_neox"], objective, steps=4)
+    run_cli("fit", "--config", str(config), "--test_after_fit", "true", *extra)
+    scalars = read_scalars(version_dir(tmp_path))
+    assert np.isfinite([v for _, v in scalars["train/loss"]]).all()
+    assert {"test/exact_match", "test/tf/pos_1", "test/free/pos_4", "test/chance"} <= set(scalars)
+    if objective.endswith("MultiTokenHeads"):
+        assert {"train/mtp/head_2_loss", "test/mtp/head_2_acc"} <= set(scalars)
