@@ -94,9 +94,14 @@ def test_dummy_token_must_be_a_single_token(hf_folders, task):
     assert backbone(hf_folders["gpt_neox"], dummy_token="#").codec(task).dummy == 18
 
 
-def test_a_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(UserInputError, match="Could not load a tokenizer from"):
+def test_a_missing_model_is_a_clear_error(tmp_path, hf_folders):
+    with pytest.raises(UserInputError, match="There is no folder .*nowhere"):
         HFCausalLM(0, 0, str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="Could not load a tokenizer from .*empty"):
+        HFCausalLM(0, 0, str(tmp_path / "empty"))
+    with pytest.raises(UserInputError, match="Could not load a causal LM from .*empty"):
+        HFCausalLM(0, 0, str(tmp_path / "empty"), tokenizer=str(hf_folders["gpt2"]))
 
 
 # --- metrics on generated text ------------------------------------------------------------------------------
