@@ -124,19 +124,10 @@ class TextCodec:
 
     def encode(self, prefix: torch.Tensor, target: torch.Tensor) -> EncodedBatch:
         prefix_ids = self.tokenizer(self.prefix_texts(prefix.cpu().numpy()), add_special_tokens=False)["input_ids"]
-        nodes = target.tolist()
-        answers, spans = [], []  # the answer text of each row and the character span of each of its nodes
-        for row in nodes:
-            text, row_spans = "", []
-            for i, node in enumerate(row):
-                if i:
-                    text += ","
-                row_spans.append((len(text), len(text) + len(str(node))))
-                text += str(node)
-            answers.append(text)
-            spans.append(row_spans)
+        nodes = target.cpu().numpy()  # (B, l)
+        B, l = nodes.shape
+        answers = [",".join(map(str, row)) for row in nodes.tolist()]
         enc = self.tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True)
-        B, l = target.shape
         P = max(map(len, prefix_ids))
         L = max(map(len, enc["input_ids"])) + 1  # + the end token
         if P + L - 1 > self.max_positions:
@@ -144,20 +135,23 @@ class TextCodec:
                 f"A G({self.task.degree},{self.task.path_len},{self.task.num_nodes}) example is {P + L - 1} tokens "
                 f"for this tokenizer, more than the model's {self.max_positions} positions. Use a smaller graph."
             )
-        prefix_out = torch.full((B, P), self.pad_id, dtype=torch.long)
-        target_out = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
-        node_tokens = torch.zeros((B, l, L), dtype=torch.bool)
+        prefix_out = np.full((B, P), self.pad_id, dtype=np.int64)
+        target_out = np.full((B, L), IGNORE_INDEX, dtype=np.int64)
+        offsets = np.zeros((B, L, 2), dtype=np.int64)  # character span of each answer token; (0, 0) for none
         for b in range(B):
-            p = prefix_ids[b]
-            prefix_out[b, P - len(p) :] = torch.tensor(p)
-            ids, offsets = enc["input_ids"][b], enc["offset_mapping"][b]
-            target_out[b, : len(ids) + 1] = torch.tensor(ids + [self.eos])
-            for j, (start, end) in enumerate(offsets):
-                for i, (s, e) in enumerate(spans[b]):
-                    if start < e and s < end:  # token j overlaps node i's characters
-                        node_tokens[b, i, j] = True
+            p, ids = prefix_ids[b], enc["input_ids"][b]
+            prefix_out[b, P - len(p) :] = p
+            target_out[b, : len(ids) + 1] = ids + [self.eos]
+            if ids:
+                offsets[b, : len(ids)] = enc["offset_mapping"][b]
+        # Character span of node i in "n0,n1,...": it starts after the i nodes and i commas before it.
+        widths = np.char.str_len(nodes.astype(str))  # (B, l)
+        node_start = np.cumsum(widths + 1, axis=1) - (widths + 1)
+        node_end = node_start + widths
+        tok_start, tok_end = offsets[:, None, :, 0], offsets[:, None, :, 1]  # (B, 1, L)
+        node_tokens = (tok_start < node_end[:, :, None]) & (node_start[:, :, None] < tok_end)  # (B, l, L): overlap
         device = prefix.device
-        return EncodedBatch(prefix_out.to(device), target_out.to(device), node_tokens.to(device))
+        return EncodedBatch(*(torch.from_numpy(a).to(device) for a in (prefix_out, target_out, node_tokens)))
 
     # --- the tokenizer's tokens -> path nodes -------------------------------------------------------
     def decode_steps(self, batch: EncodedBatch) -> int:
