@@ -93,10 +93,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     data.setup("fit")
     stream = iter(data.train_batches())
 
+    codec = system.codec  # numeral batches -> the backbone's tokens (the identity for GPT and Mamba)
+    shape = []
+
     def step() -> None:
-        prefix, target = (t.to(device, non_blocking=True) for t in next(stream))
+        batch = codec.encode(*(t.to(device, non_blocking=True) for t in next(stream)))
+        shape[:] = [batch.prefix.shape[1] + batch.target.shape[1] - 1]
         with autocast():
-            loss = system.objective(backbone, prefix, target).loss
+            loss = system.objective(backbone, batch.prefix, batch.target).loss
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -107,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for _ in range(3 if args.compile else 1):  # compile warm-up happens outside the timing
         step()
     seconds = timed(step, args.steps, sync)
-    tokens = data.batch_size * task.seq_len
+    tokens = data.batch_size * shape[0]  # input tokens of a step
     print(f"train         batch {data.batch_size:>6}: {seconds * 1e3:>9.1f} ms/step  {data.batch_size / seconds:>10,.0f} "
           f"samples/s  {tokens / seconds:>12,.0f} tokens/s")
     if cuda:
@@ -118,23 +122,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         print(f"peak memory   {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB (process RSS)")
 
-    # --- evaluation decoding -------------------------------------------------------------------------
+    # --- evaluation -----------------------------------------------------------------------------------
+    # "decode": free-running prediction from the prefix alone, what the reference code's evaluation times.
+    # "tf + free": what validation and test run, the teacher-forced pass and free-running decoding together
+    # (TeacherForcing reuses the teacher-forced pass as the decoding's prefill).
     system.eval()
-    prefix = torch.from_numpy(sample_graphs(np.random.default_rng(1), args.eval_graphs, task)[0]).to(device)
-    batches = prefix.split(data.eval_batch_size)
+    graphs = (torch.from_numpy(a).to(device) for a in sample_graphs(np.random.default_rng(1), args.eval_graphs, task))
+    batches = list(zip(*(g.split(data.eval_batch_size) for g in graphs)))
     objective = system.objective
     modes = [("cached", True), ("uncached", False)] if hasattr(objective, "use_cache") else [("one pass", None)]
-    for name, use_cache in modes:
-        if use_cache is not None:
+    for name, use_cache in [*modes, ("tf + free", True)]:
+        if use_cache is not None and hasattr(objective, "use_cache"):
             objective.use_cache = use_cache
+        full = name == "tf + free"
 
-        def decode_all() -> None:
+        def evaluate_all() -> None:
             with torch.no_grad(), autocast():
                 for b in batches:
-                    objective.decode(system.backbone, b)
+                    batch = codec.encode(*b)
+                    steps = codec.decode_steps(batch)
+                    if full:
+                        objective.evaluate(system.backbone, batch.prefix, batch.target, steps)
+                    else:
+                        objective.decode(system.backbone, batch.prefix, steps)
 
-        seconds = timed(decode_all, 2, sync)
-        print(f"eval decode   {name:>8}: {args.eval_graphs / seconds:>12,.0f} graphs/s  "
+        seconds = timed(evaluate_all, 2, sync)
+        print(f"eval {'' if full else 'decode '}{name:>12}: {args.eval_graphs / seconds:>12,.0f} graphs/s  "
               f"({seconds:.2f} s for {args.eval_graphs} graphs)")
     return 0
 

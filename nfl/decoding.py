@@ -7,7 +7,7 @@ et al. 2024 §3.2 with multi-token heads).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,19 +22,29 @@ def greedy_decode(backbone: Backbone, prefix: torch.Tensor, steps: int, use_cach
     (KV cache for GPT, recurrent state for Mamba); ``use_cache=False`` is the plain reference.
     """
     B, P = prefix.shape
-    out = prefix.new_empty(B, steps)
     if use_cache:
         cache = backbone.new_cache(B, P + steps - 1)
         hidden = backbone(prefix, cache, output_from=P - 1)  # (B, 1, D): only the last position is read
-        for t in range(steps):
-            out[:, t] = backbone.unembed(hidden[:, -1]).argmax(-1)
-            if t + 1 < steps:
-                hidden = backbone(out[:, t : t + 1], cache)  # (B, 1, D)
-        return out
+        return continue_greedy(backbone, cache, backbone.unembed(hidden[:, -1]), steps)
+    out = prefix.new_empty(B, steps)
     seq = prefix
     for t in range(steps):
         out[:, t] = backbone.unembed(backbone(seq, output_from=seq.shape[1] - 1)[:, -1]).argmax(-1)
         seq = torch.cat([prefix, out[:, : t + 1]], dim=1)
+    return out
+
+
+@torch.no_grad()
+def continue_greedy(backbone: Backbone, cache: Any, logits: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy tokens (B, steps) from a cache that holds the prefix and the logits (B, V) that follow it.
+
+    Whatever filled the cache (a prefill, or a teacher-forced pass rewound to the prefix) is not repeated.
+    """
+    out = logits.new_empty(logits.shape[0], steps, dtype=torch.long)
+    for t in range(steps):
+        out[:, t] = logits.argmax(-1)
+        if t + 1 < steps:
+            logits = backbone.unembed(backbone(out[:, t : t + 1], cache)[:, -1])  # (B, V)
     return out
 
 

@@ -101,8 +101,9 @@ class PathStarSystem(pl.LightningModule):
     def _evaluate(self, batch: Batch, stage: str) -> None:
         prefix, target = batch  # numeral node ids, which every metric is computed on
         encoded = self.codec.encode(prefix, target)
-        out = self.objective(self.backbone, encoded.prefix, encoded.target)
-        generated = self.objective.decode(self.backbone, encoded.prefix, self.codec.decode_steps(encoded))
+        out, generated = self.objective.evaluate(
+            self.backbone, encoded.prefix, encoded.target, self.codec.decode_steps(encoded)
+        )
         free, well_formed = self.codec.generated_nodes(generated)
         tf = self.codec.teacher_forced_nodes(out.logits.argmax(-1), encoded, target)
         # {stage}/loss is the next-token cross-entropy of the teacher-forced logits, whatever the objective

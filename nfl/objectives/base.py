@@ -51,6 +51,15 @@ class Objective(nn.Module):
         """Free-running prediction of ``steps`` answer tokens (B, steps) from the prefix alone (default ``l``)."""
         raise NotImplementedError
 
+    def evaluate(
+        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
+    ) -> tuple[ObjectiveOutput, torch.Tensor]:
+        """The teacher-forced output and the free-running tokens (B, steps) of one evaluation batch.
+
+        This is ``forward`` and ``decode``; an objective may override it to share work between the two.
+        """
+        return self(backbone, prefix, target), self.decode(backbone, prefix, steps)
+
     def eval_metric(self) -> Optional[Metric]:
         """An objective-specific metric, or None. The system makes one per stage, calls
         ``update(output, target)`` with each evaluation batch's :class:`ObjectiveOutput`, and logs every

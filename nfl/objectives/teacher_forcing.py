@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from nfl.decoding import greedy_decode
+from nfl.decoding import continue_greedy, greedy_decode
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, ObjectiveOutput, fed_back, target_cross_entropy
 
@@ -37,3 +37,20 @@ class TeacherForcing(Objective):
 
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         return greedy_decode(backbone, prefix, steps or self.task.target_len, self.use_cache)
+
+    @torch.no_grad()
+    def evaluate(
+        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
+    ) -> tuple[ObjectiveOutput, torch.Tensor]:
+        """One teacher-forced pass fills the cache; rewound to the prefix, it is the prefill of greedy decoding.
+
+        The first free-running token is then the argmax of the teacher-forced logits at ``=``, and decoding
+        costs ``steps - 1`` one-token passes on top of the pass that teacher-forced metrics need anyway.
+        """
+        B, P = prefix.shape
+        cache = backbone.new_cache(B, P + max(target.shape[1], steps) - 1) if self.use_cache else None
+        if cache is None or not backbone.rewind_cache(cache, 0):  # e.g. a recurrent state cannot be rewound
+            return super().evaluate(backbone, prefix, target, steps)
+        logits = backbone.unembed(backbone(self.inputs(prefix, target), cache, output_from=P - 1))  # (B, l, V)
+        backbone.rewind_cache(cache, P)
+        return ObjectiveOutput(target_cross_entropy(logits, target), logits), continue_greedy(backbone, cache, logits[:, 0], steps)
