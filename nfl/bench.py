@@ -47,12 +47,13 @@ def timed(fn, repeats: int, sync) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def model_flops_per_token(system: PathStarSystem) -> float:
+def model_flops_per_token(system: PathStarSystem, seq_len: int) -> float:
     """Training FLOPs per token: 6 per non-embedding parameter plus attention (Kaplan et al. 2020)."""
     bb = system.backbone
-    n = sum(p.numel() for name, p in bb.named_parameters() if "emb" not in name)
-    layers = getattr(bb, "n_layer", 0)
-    return 6 * n + 12 * layers * bb.d_model * system.task.seq_len
+    n = sum(p.numel() for name, p in bb.named_parameters() if "emb" not in name and "wte" not in name)
+    config = getattr(getattr(bb, "lm", None), "config", None)  # a pretrained model's
+    layers = getattr(bb, "n_layer", 0) or getattr(config, "num_hidden_layers", 0)
+    return 6 * n + 12 * layers * bb.d_model * seq_len
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -86,8 +87,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # --- training steps ------------------------------------------------------------------------------
     system.to(device).train()
     backbone = torch.compile(system.backbone) if args.compile else system.backbone
-    optimizer = torch.optim.AdamW(system.parameter_groups(), lr=system.hparams.lr, fused=cuda or None)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
+    optimizer = system.make_optimizer(mixed_precision=dtype is not None)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     data.setup("fit")
@@ -115,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"train         batch {data.batch_size:>6}: {seconds * 1e3:>9.1f} ms/step  {data.batch_size / seconds:>10,.0f} "
           f"samples/s  {tokens / seconds:>12,.0f} tokens/s")
     if cuda:
-        achieved = model_flops_per_token(system) * tokens / seconds
+        achieved = model_flops_per_token(system, shape[0]) * tokens / seconds
         print(f"model FLOP/s  {achieved / 1e12:.1f} TFLOP/s = {100 * achieved / (args.peak_tflops * 1e12):.1f}% "
               f"of {args.peak_tflops:.0f} TFLOP/s peak")
         print(f"peak memory   {torch.cuda.max_memory_allocated() / 2**20:,.0f} MiB (CUDA allocated)")

@@ -79,6 +79,8 @@ class PredictionWriter(BasePredictionWriter):
             for batch in predictions:
                 target, prediction = batch["target"], batch["prediction"]
                 correct = (prediction == target).all(dim=1)
+                if batch.get("well_formed") is not None:  # generated text that was not exactly l nodes
+                    correct &= batch["well_formed"]
                 if reverse:
                     target, prediction = target.flip(1), prediction.flip(1)
                 lines = format_lines(batch["prefix"].numpy(), target.numpy(), task)

@@ -23,12 +23,12 @@ def _lines(n: int = 2000) -> list[str]:
     return format_lines(*sample_graphs(np.random.default_rng(0), n, task), task)
 
 
-def bpe_tokenizer():
+def bpe_tokenizer(add_prefix_space: bool = False):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     tok.train_from_iterator(_lines(), trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS], initial_alphabet=alphabet))
@@ -54,6 +54,7 @@ def gpt2_like(folder: Path) -> Path:
     tokenizer.save_pretrained(folder)
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # deterministic in train mode
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     GPT2LMHeadModel(config).save_pretrained(folder)

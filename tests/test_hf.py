@@ -182,9 +182,8 @@ def test_gradient_checkpointing_and_bf16_weights(hf_folders, task):
     batch = backbone(hf_folders["gpt2"]).codec(task).encode(*graphs(task, 8))
     grads = []
     for checkpointing in (False, True):
-        torch.manual_seed(0)
-        hf = HFCausalLM(0, 0, str(hf_folders["gpt2"]), gradient_checkpointing=checkpointing).eval()
-        assert hf.lm.is_gradient_checkpointing == checkpointing
+        hf = HFCausalLM(0, 0, str(hf_folders["gpt2"]), gradient_checkpointing=checkpointing)  # train mode, no dropout
+        assert hf.training and hf.lm.is_gradient_checkpointing == checkpointing
         objective = TeacherForcing()
         objective.bind(task, hf)
         objective(hf, batch.prefix, batch.target).loss.backward()
@@ -198,6 +197,46 @@ def test_gradient_checkpointing_and_bf16_weights(hf_folders, task):
     objective.bind(task, hf)
     loss = objective(hf, batch.prefix, batch.target).loss
     assert loss.dtype == torch.float32 and torch.isfinite(loss)  # the loss is computed in float32
+    heads = MultiTokenHeads(k=2)
+    heads.bind(task, hf)  # its heads take the backbone's dtype
+    assert torch.isfinite(heads(hf, batch.prefix, batch.target).loss)
+
+
+def test_a_tokenizer_that_decodes_with_a_leading_space_still_parses(hf_folders, task, tmp_path):
+    from tests.hf_tiny import bpe_tokenizer
+
+    bpe_tokenizer(add_prefix_space=True).save_pretrained(tmp_path)  # decodes "18,3" as " 18,3"
+    # Every plain string gains a space token here, so the dummy is a special token.
+    codec = HFCausalLM(0, 0, str(hf_folders["gpt2"]), tokenizer=str(tmp_path), dummy_token=EOS).codec(task)
+    prefix, target = graphs(task, 16)
+    batch = codec.encode(prefix, target)
+    assert text_of(codec, batch.target[0]).startswith(" ")
+    nodes, well_formed = codec.generated_nodes(batch.target.clamp(min=0))
+    assert torch.equal(nodes, target) and bool(well_formed.all())
+
+
+def test_a_tokenizer_that_cannot_round_trip_is_refused(hf_folders, task):
+    hf = backbone(hf_folders["gpt_neox"])
+    hf.tokenizer.backend_tokenizer.decoder = None  # decode now puts spaces between characters: "4 9 , 4 8"
+    with pytest.raises(UserInputError, match="does not decode '49,48,47,46,45' back"):
+        hf.codec(task)
+
+
+def test_predictions_file_counts_ill_formed_answers_as_wrong(hf_folders, task, tmp_path):
+    import lightning.pytorch as pl
+
+    from nfl.callbacks import PredictionWriter
+    from nfl.models import GPT
+    from nfl.system import PathStarSystem
+
+    system = PathStarSystem(lambda v, t: GPT(v, t, n_layer=1, d_model=16, n_head=2))
+    prefix, target = torch.tensor([SPEC_PREFIX] * 3), torch.tensor([SPEC_TARGET] * 3)
+    batch = {"prefix": prefix, "target": target, "prediction": target.clone(),
+             "well_formed": torch.tensor([True, False, True])}
+    batch["prediction"][2, 1] = 3
+    writer = PredictionWriter(str(tmp_path / "p.tsv"))
+    writer.write_on_epoch_end(pl.Trainer(logger=False), system, [batch], None)
+    assert [line.split("\t")[2] for line in (tmp_path / "p.tsv").read_text().splitlines()] == ["1", "0", "0"]
 
 
 # --- training through the CLI ---------------------------------------------------------------------------------

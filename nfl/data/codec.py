@@ -13,8 +13,9 @@ The data module always yields the reference numeral tokens (SPEC §1): a ``prefi
   batch exactly as it treats numeral tokens.
 
   Back to nodes: a generated answer is decoded to text, cut at the first end token, and parsed as
-  ``l`` comma-separated integers. Text that does not parse is never an error: the positions that do not
-  hold a node id read -1 (always wrong), and the row is marked ill-formed, so it is never an exact match.
+  ``l`` comma-separated integers (whitespace around them is ignored). Text that does not parse is never an
+  error: the positions that do not hold a node id read -1 (always wrong), and the row is marked ill-formed,
+  so it is never an exact match.
   Under teacher forcing, path node ``i`` is right when every token that spells part of it is predicted
   right (the tokenizer's character offsets say which tokens those are); separators and the end token
   count towards the loss but belong to no node.
@@ -107,6 +108,15 @@ class TextCodec:
         widths = [len(tokenizer(str(i), add_special_tokens=False)["input_ids"]) for i in range(task.num_nodes)]
         comma = len(tokenizer(",", add_special_tokens=False)["input_ids"])
         self._budget = task.path_len * max(widths) + (task.path_len - 1) * comma + 1
+        # Parsing must give back what was encoded: a tokenizer whose decode adds or drops characters (beyond
+        # whitespace, which parse ignores) would make every answer wrong, silently.
+        example = [task.num_nodes - 1 - i for i in range(task.path_len)]  # the widest node ids
+        ids = tokenizer(",".join(map(str, example)), add_special_tokens=False)["input_ids"] + [self.eos]
+        if self.parse(ids) != (example, True):
+            raise UserInputError(
+                f"This tokenizer does not decode {','.join(map(str, example))!r} back to the same node ids "
+                f"(it decodes to {tokenizer.decode(ids[:-1])!r}); nfl cannot parse its answers."
+            )
 
     @property
     def dummy(self) -> int:
@@ -130,9 +140,10 @@ class TextCodec:
         enc = self.tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True)
         P = max(map(len, prefix_ids))
         L = max(map(len, enc["input_ids"])) + 1  # + the end token
-        if P + L - 1 > self.max_positions:
+        longest = P + max(L, self._budget) - 1  # teacher-forced input, or prefix + decoded answer
+        if longest > self.max_positions:
             raise UserInputError(
-                f"A G({self.task.degree},{self.task.path_len},{self.task.num_nodes}) example is {P + L - 1} tokens "
+                f"A G({self.task.degree},{self.task.path_len},{self.task.num_nodes}) example is {longest} tokens "
                 f"for this tokenizer, more than the model's {self.max_positions} positions. Use a smaller graph."
             )
         prefix_out = np.full((B, P), self.pad_id, dtype=np.int64)
@@ -162,7 +173,7 @@ class TextCodec:
         end token, and exactly ``l`` comma-separated node ids below N)."""
         ended = self.eos in ids
         text = self.tokenizer.decode(ids[: ids.index(self.eos)] if ended else ids)
-        pieces = text.split(",")
+        pieces = [p.strip() for p in text.split(",")]  # some tokenizers decode with spaces around tokens
         l, n = self.task.path_len, self.task.num_nodes
         nodes = [int(p) if _NODE.fullmatch(p) and int(p) < n else -1 for p in pieces[:l]]
         nodes += [-1] * (l - len(nodes))

@@ -14,6 +14,7 @@ hidden states do not depend on what it was batched with. Nothing downloads at im
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
@@ -25,7 +26,9 @@ from nfl.data.vocab import PathStarTask
 from nfl.errors import UserInputError
 from nfl.models.base import Backbone
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _transformers() -> Any:
@@ -57,8 +60,10 @@ class HFCausalLM(Backbone):
         tokenizer: where to load the tokenizer from; default the same as ``model``.
         dummy_token: the teacherless dummy, a string the tokenizer encodes as one token (the reference code
             uses ``$``).
-        dtype: weights' dtype: ``bfloat16`` halves the memory (pair it with ``trainer.precision: bf16-true``);
-            default float32.
+        dtype: weights' dtype. ``bfloat16`` halves the weights' memory (pair it with ``trainer.precision:
+            bf16-true``), but AdamW then updates bf16 weights with no float32 copy, and a step smaller than bf16's
+            resolution (about 1/256 of a weight) is lost: at lr 1e-4 most updates vanish. Use it for evaluation,
+            or for training only with care; float32 weights with ``bf16-mixed`` train as expected.
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         revision: a hub branch, tag or commit to pin.
     """
@@ -70,7 +75,7 @@ class HFCausalLM(Backbone):
         model: str,
         tokenizer: Optional[str] = None,
         dummy_token: str = "$",
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        dtype: Literal["float32", "bfloat16"] = "float32",
         gradient_checkpointing: bool = False,
         revision: Optional[str] = None,
     ) -> None:
@@ -93,6 +98,11 @@ class HFCausalLM(Backbone):
                 f"Could not load a causal LM from {model!r}: {err}. Give a hub name (downloaded on first use) or "
                 "a folder written by save_pretrained."
             ) from err
+        if dtype == "bfloat16":
+            log.warning(
+                "HFCausalLM: bfloat16 weights are updated without a float32 copy; AdamW steps below bf16's "
+                "resolution are lost. Prefer dtype float32 with trainer.precision bf16-mixed for training."
+            )
         self.lm.train()  # from_pretrained leaves it in eval mode; Lightning switches modes per stage from here
         if gradient_checkpointing:  # renamed in transformers 5.x; the old name warns
             if hasattr(self.lm, "activation_checkpointing_enable"):

@@ -99,7 +99,8 @@ class MultiTokenHeads(Objective):
                 f"MultiTokenHeads: k={self.k} exceeds path_len={task.path_len}; head j needs an answer token "
                 f"j steps past '=', so k can be at most path_len."
             )
-        self.heads = nn.ModuleList(LookaheadHead(backbone.d_model) for _ in range(self.k - 1))  # heads 2..k
+        dtype = next(backbone.parameters()).dtype  # a pretrained backbone may hold bf16 weights
+        self.heads = nn.ModuleList(LookaheadHead(backbone.d_model) for _ in range(self.k - 1)).to(dtype)  # heads 2..k
 
     def head_logits(self, backbone: Backbone, j: int, hidden: torch.Tensor) -> torch.Tensor:
         """Head ``j``'s logits (..., V) from trunk hidden states (..., D)."""
