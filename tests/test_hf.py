@@ -22,7 +22,7 @@ from nfl.errors import UserInputError  # noqa: E402
 from nfl.metrics import PathStarMetrics  # noqa: E402
 from nfl.models.hf import HFCausalLM  # noqa: E402
 from nfl.objectives import MultiTokenHeads, Teacherless, TeacherForcing  # noqa: E402
-from tests.conftest import SPEC_PREFIX, SPEC_TARGET, read_scalars, version_dir  # noqa: E402
+from tests.conftest import SPEC_PREFIX, SPEC_TARGET, TINY_CONFIG, read_scalars, version_dir  # noqa: E402
 from tests.hf_tiny import EOS  # noqa: E402
 
 KINDS = ("gpt2", "gpt_neox")  # a BPE tokenizer with pad = EOS; a character tokenizer with its own pad
@@ -240,20 +240,11 @@ def test_predictions_file_counts_ill_formed_answers_as_wrong(hf_folders, task, t
 
 
 # --- training through the CLI ---------------------------------------------------------------------------------
-def hf_config(tmp_path: Path, folder: Path, objective: str = "nfl.objectives.TeacherForcing", steps: int = 30) -> Path:
-    config = tmp_path / "hf.yaml"
-    config.write_text(f"""
-seed_everything: 0
-trainer:
-  max_steps: {steps}
-  val_check_interval: {steps}
-  check_val_every_n_epoch: null
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  callbacks:
-    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {{save_last: true}}
+def hf_config(tmp_path: Path, folder: Path, objective: str = "nfl.objectives.TeacherForcing", steps: int = 30) -> list[str]:
+    """``--config`` arguments: the tiny CLI config (conftest.py) with the pretrained backbone put in."""
+    (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
+    (tmp_path / "hf.yaml").write_text(f"""
+trainer: {{max_steps: {steps}, val_check_interval: {steps}}}
 model:
   backbone:
     class_path: nfl.models.HFCausalLM
@@ -263,15 +254,15 @@ model:
   lr: 3.0e-3
   weight_decay: 0.0
 data:
-  class_path: nfl.data.PathStarDataModule
-  init_args: {{degree: 2, path_len: 4, num_nodes: 20, batch_size: 32, n_val: 64, n_test: 64}}
+  init_args: {{n_val: 64}}
 """)
-    return config
+    return ["--config", str(tmp_path / "tiny.yaml"), "--config", str(tmp_path / "hf.yaml")]
 
 
 def test_a_few_training_steps_lower_the_loss_and_the_checkpoint_keeps_them(run_cli, hf_folders, tmp_path):
-    config = str(hf_config(tmp_path, hf_folders["gpt2"]))
-    run_cli("fit", "--config", config, "--test_after_fit", "true")
+    config = hf_config(tmp_path, hf_folders["gpt2"])
+    cli = run_cli("fit", *config, "--test_after_fit", "true")
+    assert isinstance(cli.model.backbone, HFCausalLM) and cli.trainer.global_step == 30
     scalars = read_scalars(version_dir(tmp_path))
     losses = [v for _, v in scalars["train/loss"]]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
@@ -283,10 +274,10 @@ def test_a_few_training_steps_lower_the_loss_and_the_checkpoint_keeps_them(run_c
 
     # The checkpoint restores the fine-tuned weights over the pretrained ones the backbone is rebuilt from.
     ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
-    cli = run_cli("test", "--config", config, "--ckpt_path", ckpt)
+    cli = run_cli("test", *config, "--ckpt_path", ckpt)
     assert cli.trainer.callback_metrics["test/loss"].item() == pytest.approx(scalars["test/loss"][-1][1], rel=1e-5)
     out = tmp_path / "predictions.tsv"
-    run_cli("predict", "--config", config, "--ckpt_path", ckpt, "--trainer.callbacks+=nfl.callbacks.PredictionWriter",
+    run_cli("predict", *config, "--ckpt_path", ckpt, "--trainer.callbacks+=nfl.callbacks.PredictionWriter",
             f"--trainer.callbacks.path={out}")
     rows = [line.split("\t") for line in out.read_text().splitlines()]
     assert len(rows) == 64 and all(ok == str(int(line.split("=")[1] == pred)) for line, pred, ok in rows)
@@ -303,7 +294,8 @@ def test_a_few_training_steps_lower_the_loss_and_the_checkpoint_keeps_them(run_c
 )
 def test_every_objective_trains_and_evaluates_on_a_pretrained_model(objective, extra, run_cli, hf_folders, tmp_path):
     config = hf_config(tmp_path, hf_folders["gpt_neox"], objective, steps=4)
-    run_cli("fit", "--config", str(config), "--test_after_fit", "true", *extra)
+    cli = run_cli("fit", *config, "--test_after_fit", "true", *extra)
+    assert isinstance(cli.model.backbone, HFCausalLM)
     scalars = read_scalars(version_dir(tmp_path))
     assert np.isfinite([v for _, v in scalars["train/loss"]]).all()
     assert {"test/exact_match", "test/tf/pos_1", "test/free/pos_4", "test/chance"} <= set(scalars)
