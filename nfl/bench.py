@@ -25,6 +25,7 @@ import torch
 from nfl.cli import NFLCLI
 from nfl.data.datamodule import PathStarDataModule
 from nfl.data.path_star import sample_graphs
+from nfl.memory import keep_freed_memory
 from nfl.system import PathStarSystem
 
 
@@ -67,6 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense TFLOP/s (H100 bf16: 989)")
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --data.init_args.batch_size=64")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as python -m nfl does
 
     system, data = build(args.config, args.overrides)
     task, device = system.task, torch.device(args.device)
