@@ -57,7 +57,8 @@ def main() -> None:
         parse = (time.perf_counter() - start) / args.rounds
         print(
             f"{Path(model).name:>10}: prefix {batch.prefix.shape[1]} tokens, answer {batch.target.shape[1]}; "
-            f"encode {args.batch_size} graphs {1e3 * encode:.1f} ms, parse {args.batch_size} answers {1e3 * parse:.1f} ms"
+            f"encode {args.batch_size} graphs {1e3 * encode:.1f} ms, "
+            f"parse {args.batch_size} answers {1e3 * parse:.1f} ms"
         )
 
 

@@ -31,7 +31,8 @@ def bpe_tokenizer(add_prefix_space: bool = False):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    tok.train_from_iterator(_lines(), trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS], initial_alphabet=alphabet))
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=[EOS], initial_alphabet=alphabet)
+    tok.train_from_iterator(_lines(), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
 
 

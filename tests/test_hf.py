@@ -56,7 +56,8 @@ def test_round_trip_text_tokens_node_ids(kind, reverse, hf_folders, task):
         assert text_of(codec, batch.prefix[b, int(pads[b]) :]) == line.split("=")[0] + "="
         answer = ",".join(map(str, target[b].tolist()))
         assert text_of(codec, batch.target[b]) == answer + EOS
-    assert batch.prefix.shape[0] == 64 and P == max(len(codec.tokenizer(line.split("=")[0] + "=")["input_ids"]) for line in lines)
+    longest = max(len(codec.tokenizer(line.split("=")[0] + "=")["input_ids"]) for line in lines)
+    assert batch.prefix.shape[0] == 64 and P == longest
     nodes, well_formed = codec.generated_nodes(batch.target.clamp(min=0))
     assert torch.equal(nodes, target) and bool(well_formed.all())
     # Every node is spelled by at least one answer token, and no token by two nodes.
@@ -240,7 +241,9 @@ def test_predictions_file_counts_ill_formed_answers_as_wrong(hf_folders, task, t
 
 
 # --- training through the CLI ---------------------------------------------------------------------------------
-def hf_config(tmp_path: Path, folder: Path, objective: str = "nfl.objectives.TeacherForcing", steps: int = 30) -> list[str]:
+def hf_config(
+    tmp_path: Path, folder: Path, objective: str = "nfl.objectives.TeacherForcing", steps: int = 30
+) -> list[str]:
     """``--config`` arguments: the tiny CLI config (conftest.py) with the pretrained backbone put in."""
     (tmp_path / "tiny.yaml").write_text(TINY_CONFIG)
     (tmp_path / "hf.yaml").write_text(f"""

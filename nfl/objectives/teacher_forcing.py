@@ -53,4 +53,5 @@ class TeacherForcing(Objective):
             return super().evaluate(backbone, prefix, target, steps)
         logits = backbone.unembed(backbone(self.inputs(prefix, target), cache, output_from=P - 1))  # (B, l, V)
         backbone.rewind_cache(cache, P)
-        return ObjectiveOutput(target_cross_entropy(logits, target), logits), continue_greedy(backbone, cache, logits[:, 0], steps)
+        generated = continue_greedy(backbone, cache, logits[:, 0], steps)
+        return ObjectiveOutput(target_cross_entropy(logits, target), logits), generated
