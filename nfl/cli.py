@@ -60,6 +60,9 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
     keep_freed_memory()  # CPU training: reuse activation memory across steps instead of re-faulting it
     # Evaluation datasets shard themselves across loader workers, so their __len__ is exact.
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
+    # Evaluation tags come from torchmetrics, already summed across ranks; Lightning cannot tell and suggests
+    # sync_dist, which would only average identical values again.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train_eval)/")
     try:
         return NFLCLI(
             PathStarSystem,
