@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from nfl.data.codec import EncodedBatch, NumeralCodec
 from nfl.data.vocab import PathStarTask
 from nfl.metrics import PathStarMetrics
 from nfl.models.base import Backbone
@@ -87,8 +88,15 @@ class PathStarSystem(pl.LightningModule):
             # Same parameters, so checkpoints and the optimizer see only self.backbone.
             object.__setattr__(self, "_train_backbone", torch.compile(self.backbone))
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        encoded = self.codec.encode(*batch)
+    def setup(self, stage: str) -> None:
+        # Tokenise training batches in the data loader's workers rather than here between steps, where the
+        # accelerator would wait for it (a no-op for numeral backbones, whose codec is the identity).
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not isinstance(self.codec, NumeralCodec) and hasattr(datamodule, "train_transform"):
+            datamodule.train_transform = self.codec.encode
+
+    def training_step(self, batch: Batch | EncodedBatch, batch_idx: int) -> torch.Tensor:
+        encoded = batch if isinstance(batch, EncodedBatch) else self.codec.encode(*batch)
         backbone = self.backbone if self._train_backbone is None else self._train_backbone
         out = self.objective(backbone, encoded.prefix, encoded.target)
         self.log("train/loss", out.loss, prog_bar=True)

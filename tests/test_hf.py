@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 
 pytest.importorskip("transformers")
 
-from nfl.data.codec import IGNORE_INDEX, TextCodec  # noqa: E402
+from nfl.data.codec import IGNORE_INDEX, EncodedBatch, TextCodec  # noqa: E402
 from nfl.data.path_star import format_lines, sample_graphs  # noqa: E402
 from nfl.data.vocab import PathStarTask  # noqa: E402
 from nfl.decoding import greedy_decode  # noqa: E402
@@ -304,3 +305,26 @@ def test_every_objective_trains_and_evaluates_on_a_pretrained_model(objective, e
     assert {"test/exact_match", "test/tf/pos_1", "test/free/pos_4", "test/chance"} <= set(scalars)
     if objective.endswith("MultiTokenHeads"):
         assert {"train/mtp/head_2_loss", "test/mtp/head_2_acc"} <= set(scalars)
+
+
+class RecordBatchKinds(pl.Callback):
+    """Records whether each training batch reached the step already tokenised."""
+
+    def __init__(self) -> None:
+        self.encoded: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.encoded.append(isinstance(batch, EncodedBatch))
+
+
+def test_training_batches_are_tokenised_in_the_loader_workers(run_cli, hf_folders, tmp_path):
+    config = hf_config(tmp_path, hf_folders["gpt2"], steps=4)
+    losses = []
+    for workers in (0, 2):
+        cli = run_cli("fit", *config, "--data.init_args.num_workers", str(workers),
+                      "--trainer.callbacks+=tests.test_hf.RecordBatchKinds")
+        # by name: the CLI imports tests.test_hf afresh, so its class is not this module's
+        record = next(c for c in cli.trainer.callbacks if type(c).__name__ == "RecordBatchKinds")
+        assert record.encoded == [True] * 4  # the collate function ran the codec (in the workers when > 0)
+        losses.append([v for _, v in read_scalars(version_dir(tmp_path, workers // 2))["train/loss"]])
+    assert len(losses[0]) == 4 and losses[0] == losses[1]  # same batches, same tokens, wherever they were made

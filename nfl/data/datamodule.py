@@ -15,9 +15,10 @@ The held-out set comes from ``test_seed`` (or ``test_file``) and is split across
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -43,6 +44,10 @@ def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool) -> Batch:
     if reverse:
         target = target[:, ::-1]
     return torch.from_numpy(np.ascontiguousarray(prefix)), torch.from_numpy(np.ascontiguousarray(target))
+
+
+def _apply(transform: Callable[[torch.Tensor, torch.Tensor], Any], batch: Batch) -> Any:
+    return transform(*batch)
 
 
 def sample_excluding(
@@ -158,7 +163,12 @@ class PathStarDataModule(pl.LightningDataModule):
         exclude_test: never train on a graph of the held-out set (same edges and query, any edge order).
         train_file: train on this reference-format file (finite mode) instead of generated graphs.
         test_file: take the held-out set from this reference-format file.
-        num_workers: DataLoader worker processes generating training batches.
+        num_workers: DataLoader worker processes generating training batches (and tokenising them, for
+            backbones with their own tokenizer).
+
+    ``train_transform``, when set (the system sets it to its codec's ``encode`` when its backbone reads
+    tokens other than the numerals), is applied to every training batch inside the loader, so with
+    ``num_workers > 0`` the tokenising runs in the worker processes, beside the generating.
     """
 
     def __init__(
@@ -195,6 +205,7 @@ class PathStarDataModule(pl.LightningDataModule):
         self.test_graphs: Optional[tuple[np.ndarray, np.ndarray]] = None
         self.train_graphs: Optional[tuple[np.ndarray, np.ndarray]] = None
         self._excluded: Optional[np.ndarray] = None
+        self.train_transform: Optional[Callable[[torch.Tensor, torch.Tensor], Any]] = None
 
     @property
     def vocab_size(self) -> int:
@@ -237,15 +248,21 @@ class PathStarDataModule(pl.LightningDataModule):
         )
 
     # --- loaders -------------------------------------------------------------------------------------
-    def _loader(self, dataset: IterableDataset, workers: int = 0) -> DataLoader:
-        return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    def _loader(
+        self, dataset: IterableDataset, workers: int = 0, transform: Optional[Callable[..., Any]] = None
+    ) -> DataLoader:
+        # batch_size=None: the datasets yield whole batches; collate_fn then sees one batch at a time.
+        collate = None if transform is None else functools.partial(_apply, transform)
+        return DataLoader(
+            dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0, collate_fn=collate
+        )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         start = 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
         if start:
             log.info("Resuming the training stream at batch %d.", start)
-        return self._loader(self.train_batches(start), self.num_workers)
+        return self._loader(self.train_batches(start), self.num_workers, self.train_transform)
 
     def _eval(self, graphs: tuple[np.ndarray, np.ndarray], n: Optional[int] = None) -> DataLoader:
         rank, world = self._rank()
