@@ -70,9 +70,23 @@ def speculative_greedy_decode(
     cache = backbone.new_cache(B, P + steps - 1)
     if not drafters or not backbone.rewind_cache(cache, 0):
         return greedy_decode(backbone, prefix, steps)
-    out = prefix.new_empty(B, steps)
     hidden = backbone(prefix, cache, output_from=P - 1)[:, -1]  # (B, D) at the last cached token
-    pos, n = P, 0  # tokens in the cache, tokens emitted
+    return continue_speculative(backbone, cache, P, hidden, steps, drafters)
+
+
+@torch.no_grad()
+def continue_speculative(
+    backbone: Backbone,
+    cache: Any,
+    pos: int,
+    hidden: torch.Tensor,
+    steps: int,
+    drafters: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+) -> torch.Tensor:
+    """:func:`speculative_greedy_decode` from a rewindable cache that holds the ``pos`` prefix tokens, given
+    the hidden state (B, D) at the last of them; the cache must have room for ``steps - 1`` more tokens."""
+    out = hidden.new_empty(hidden.shape[0], steps, dtype=torch.long)
+    n = 0  # tokens emitted; pos counts the tokens in the cache
     while True:
         out[:, n] = backbone.unembed(hidden).argmax(-1)  # head 1: the greedy token, certain
         n += 1

@@ -153,6 +153,25 @@ def test_speculative_decoding_equals_greedy_on_random_models(k, std, task, rng):
         assert len(calls) <= task.path_len and calls[0] == task.prefix_len
 
 
+@pytest.mark.parametrize("speculative", [False, True])
+def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(speculative, task, rng):
+    """Same output and tokens as a separate forward and decode, with no prefill pass of its own."""
+    prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, 32, task))
+    torch.manual_seed(0)
+    gpt = randomised(tiny_gpt(task, n_layer=2), 0.3)
+    objective = randomised(bound(task, gpt, k=3, speculative=speculative), 0.3)
+    with torch.no_grad():
+        separate, decoded = objective(gpt, prefix, target), objective.decode(gpt, prefix)
+    calls, hook = count_passes(gpt)
+    out, generated = objective.evaluate(gpt, prefix, target, task.path_len)
+    hook.remove()
+    torch.testing.assert_close(out.logits, separate.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.loss, separate.loss)
+    assert torch.equal(out.head_preds, separate.head_preds)
+    assert torch.equal(generated, decoded) and generated.unique().numel() > 5
+    assert calls[0] == task.prefix_len + task.path_len - 1 and all(c < task.prefix_len for c in calls[1:])
+
+
 class OracleDrafter:
     """Drafts from a known greedy continuation: right where ``correct[row, i, j]`` says so, else a wrong token.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from nfl.data.vocab import PathStarTask
-from nfl.decoding import greedy_decode, speculative_greedy_decode
+from nfl.decoding import continue_greedy, continue_speculative, greedy_decode, speculative_greedy_decode
 from nfl.errors import UserInputError
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, ObjectiveOutput, fed_back, target_cross_entropy
@@ -110,8 +110,14 @@ class MultiTokenHeads(Objective):
         return torch.cat([prefix, fed_back(target)], dim=1)  # (B, P + l - 1)
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> MultiTokenOutput:
+        return self._teacher_forced(backbone, prefix, target)[0]
+
+    def _teacher_forced(
+        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, cache: Any = None
+    ) -> tuple[MultiTokenOutput, torch.Tensor]:
+        """The output of :meth:`forward` and the trunk's hidden states (B, l, D) from ``=`` on."""
         l = target.shape[1]
-        hidden = backbone(self.inputs(prefix, target), output_from=prefix.shape[1] - 1)  # (B, l, D): '=' onwards
+        hidden = backbone(self.inputs(prefix, target), cache, output_from=prefix.shape[1] - 1)  # (B, l, D)
         preds = target.new_full((target.shape[0], self.k, l), -1)  # (B, k, l)
         extras, weighted, logits = {}, [], None
         for j in range(1, self.k + 1):
@@ -125,14 +131,32 @@ class MultiTokenHeads(Objective):
         loss = torch.stack(weighted).sum()
         if self.reduction == "mean":
             loss = loss / sum(self.head_weights)
-        return MultiTokenOutput(loss, logits, extras, head_preds=preds)
+        return MultiTokenOutput(loss, logits, extras, head_preds=preds), hidden
+
+    def _drafters(self, backbone: Backbone) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        return [functools.partial(self.head_logits, backbone, j) for j in range(2, self.k + 1)]
 
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         steps = steps or self.task.target_len
         if not self.speculative or self.k == 1:
             return greedy_decode(backbone, prefix, steps)
-        drafters = [functools.partial(self.head_logits, backbone, j) for j in range(2, self.k + 1)]
-        return speculative_greedy_decode(backbone, prefix, steps, drafters)
+        return speculative_greedy_decode(backbone, prefix, steps, self._drafters(backbone))
+
+    @torch.no_grad()
+    def evaluate(
+        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
+    ) -> tuple[MultiTokenOutput, torch.Tensor]:
+        """As teacher forcing: the teacher-forced pass fills the cache, which, rewound to the prefix, is the
+        prefill of (speculative) greedy decoding from the trunk's state at ``=``."""
+        B, P = prefix.shape
+        cache = backbone.new_cache(B, P + max(target.shape[1], steps) - 1)
+        if not backbone.rewind_cache(cache, 0):  # a recurrent state cannot be rewound to the prefix
+            return super().evaluate(backbone, prefix, target, steps)
+        out, hidden = self._teacher_forced(backbone, prefix, target, cache)
+        backbone.rewind_cache(cache, P)
+        if not self.speculative or self.k == 1:
+            return out, continue_greedy(backbone, cache, out.logits[:, 0], steps)
+        return out, continue_speculative(backbone, cache, P, hidden[:, 0], steps, self._drafters(backbone))
 
     def eval_metric(self) -> Metric:
         return HeadAccuracy(self.k)
