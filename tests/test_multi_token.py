@@ -12,6 +12,7 @@ from nfl.decoding import greedy_decode, speculative_greedy_decode
 from nfl.errors import UserInputError
 from nfl.models.base import Backbone
 from nfl.models.gpt import GPT
+from nfl.models.mamba import Mamba
 from nfl.objectives import MultiTokenHeads, TeacherForcing
 from nfl.system import PathStarSystem
 from tests.conftest import read_scalars, version_dir
@@ -153,12 +154,17 @@ def test_speculative_decoding_equals_greedy_on_random_models(k, std, task, rng):
         assert len(calls) <= task.path_len and calls[0] == task.prefix_len
 
 
+@pytest.mark.parametrize("backbone", ["gpt", "mamba"])
 @pytest.mark.parametrize("speculative", [False, True])
-def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(speculative, task, rng):
-    """Same output and tokens as a separate forward and decode, with no prefill pass of its own."""
+def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(speculative, backbone, task, rng):
+    """Same output and tokens as a separate forward and decode, with no prefill pass of its own (Mamba:
+    the prefix once, the answer on a copy of the state; its decoding is never speculative)."""
     prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, 32, task))
     torch.manual_seed(0)
-    gpt = randomised(tiny_gpt(task, n_layer=2), 0.3)
+    if backbone == "gpt":
+        gpt = randomised(tiny_gpt(task, n_layer=2), 0.3)
+    else:
+        gpt = randomised(Mamba(task.vocab_size, task.seq_len, n_layer=2, d_model=32), 0.3)
     objective = randomised(bound(task, gpt, k=3, speculative=speculative), 0.3)
     with torch.no_grad():
         separate, decoded = objective(gpt, prefix, target), objective.decode(gpt, prefix)
@@ -169,7 +175,11 @@ def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(speculative, t
     torch.testing.assert_close(out.loss, separate.loss)
     assert torch.equal(out.head_preds, separate.head_preds)
     assert torch.equal(generated, decoded) and generated.unique().numel() > 5
-    assert calls[0] == task.prefix_len + task.path_len - 1 and all(c < task.prefix_len for c in calls[1:])
+    P, l = task.prefix_len, task.path_len
+    if backbone == "mamba":
+        assert calls == [P, l - 1] + [1] * (l - 1)
+    else:
+        assert calls[0] == P + l - 1 and all(c < P for c in calls[1:])
 
 
 class OracleDrafter:

@@ -84,8 +84,9 @@ def test_teacher_forcing_decode_feeds_back_its_own_tokens(task, batch, gpt):
 
 @pytest.mark.parametrize("backbone", ["gpt", "mamba"])
 def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(backbone, task, rng):
-    """Same loss, logits and free-running tokens as a separate forward and decode (GPT shares the pass;
-    Mamba's recurrent state cannot be rewound to the prefix, so it falls back to the two calls)."""
+    """Same loss, logits and free-running tokens as a separate forward and decode, without a prefill pass of
+    its own: GPT runs the teacher-forced input once and rewinds its KV cache to the prefix; Mamba, whose
+    recurrent state cannot rewind, runs the prefix once and the fed-back answer on a copy of its state."""
     from nfl.models.mamba import Mamba
 
     prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, 64, task))
@@ -99,8 +100,14 @@ def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(backbone, task
                 p.normal_(0.0, 0.3)
     objective = TeacherForcing()
     objective.bind(task, model)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[1]))
     with torch.no_grad():
         out, generated = objective.evaluate(model, prefix, target, task.target_len)
+    hook.remove()
+    P, l = task.prefix_len, task.target_len
+    assert calls == ([P + l - 1] if backbone == "gpt" else [P, l - 1]) + [1] * (l - 1)
+    with torch.no_grad():
         separate = objective(model, prefix, target)
     torch.testing.assert_close(out.logits, separate.logits, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.loss, separate.loss)

@@ -8,6 +8,8 @@ Incremental decoding goes through a backbone-specific cache: ``cache = backbone.
 ``backbone(idx, cache)`` consumes ``idx`` as the tokens that follow everything already in the cache, and
 updates the cache in place. ``backbone.rewind_cache(cache, pos)`` forgets every token from index ``pos`` on
 (speculative decoding drops rejected drafts this way); a backbone whose cache cannot rewind returns False.
+``backbone.fork_cache(cache)`` returns an independent copy (None where unsupported): evaluation teacher-forces
+the answer on a copy of the prefix's cache and decodes from the original when the cache cannot rewind.
 
 ``backbone.codec(task)`` says which tokens the backbone reads: nfl's own backbones read the reference numeral
 tokens (:class:`~nfl.data.codec.NumeralCodec`); a pretrained model reads its tokenizer's
@@ -59,3 +61,10 @@ class Backbone(nn.Module):
         entries) leaves this as is, and speculative decoding falls back to plain greedy decoding.
         """
         return False
+
+    def fork_cache(self, cache: Any) -> Optional[Any]:
+        """An independent copy of ``cache``, or None (the default) where copying is not supported.
+
+        Worth offering where the cache cannot rewind but is cheap to copy (a recurrent state).
+        """
+        return None

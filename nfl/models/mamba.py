@@ -16,6 +16,7 @@ token, however long the sequence (:class:`MambaCache`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from typing import Callable, Literal, Optional, Union
@@ -228,6 +229,12 @@ class Mamba(Backbone):
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.embedding.weight)  # tied: (..., V)
+
+    def fork_cache(self, cache: MambaCache) -> MambaCache:
+        """A copy of the recurrent state: (d_conv - 1 + d_state) * d_inner numbers a row and layer."""
+        fork = copy.copy(cache)
+        fork.conv, fork.ssm = [t.clone() for t in cache.conv], [t.clone() for t in cache.ssm]
+        return fork
 
     def new_cache(self, batch_size: int, max_len: int) -> MambaCache:
         """Recurrent state for decoding; its size does not depend on ``max_len``."""

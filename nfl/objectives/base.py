@@ -8,7 +8,8 @@ with the task and the backbone; nothing in the backbone knows which objective is
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,3 +83,27 @@ def target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     """Mean cross-entropy of (B, l, V) logits against (B, l) targets over the scored (not ignored) tokens,
     in float32 whatever the autocast."""
     return F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def teacher_forced_and_prefill(
+    backbone: Backbone, prefix: torch.Tensor, fed: torch.Tensor, steps: int
+) -> Optional[tuple[torch.Tensor, Any]]:
+    """Both halves of an evaluation from one pass over ``prefix + fed``: the hidden states (B, 1 + F, D) from
+    the ``=`` on, and a cache that holds exactly the prefix, for decoding ``steps`` tokens from.
+
+    A cache that rewinds (GPT's KV cache) takes the whole input and is rewound to the prefix; one that can be
+    copied (Mamba's recurrent state) takes the prefix, and a copy of it the fed-back answer. None where the
+    cache can do neither: the objective then runs its forward pass and decoding separately.
+    """
+    B, P = prefix.shape
+    cache = backbone.new_cache(B, P + max(fed.shape[1] + 1, steps) - 1)
+    if backbone.rewind_cache(cache, 0):
+        hidden = backbone(torch.cat([prefix, fed], dim=1), cache, output_from=P - 1)  # (B, 1 + F, D)
+        backbone.rewind_cache(cache, P)
+        return hidden, cache
+    if backbone.fork_cache(cache) is None:
+        return None
+    hidden = backbone(prefix, cache, output_from=P - 1)  # (B, 1, D) at '='
+    if fed.shape[1]:
+        hidden = torch.cat([hidden, backbone(fed, backbone.fork_cache(cache))], dim=1)
+    return hidden, cache

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,13 @@ from nfl.data.vocab import PathStarTask
 from nfl.decoding import continue_greedy, continue_speculative, greedy_decode, speculative_greedy_decode
 from nfl.errors import UserInputError
 from nfl.models.base import Backbone
-from nfl.objectives.base import Objective, ObjectiveOutput, fed_back, target_cross_entropy
+from nfl.objectives.base import (
+    Objective,
+    ObjectiveOutput,
+    fed_back,
+    target_cross_entropy,
+    teacher_forced_and_prefill,
+)
 
 
 @dataclass
@@ -110,14 +116,12 @@ class MultiTokenHeads(Objective):
         return torch.cat([prefix, fed_back(target)], dim=1)  # (B, P + l - 1)
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> MultiTokenOutput:
-        return self._teacher_forced(backbone, prefix, target)[0]
+        hidden = backbone(self.inputs(prefix, target), output_from=prefix.shape[1] - 1)  # (B, l, D): '=' onwards
+        return self._heads_output(backbone, hidden, target)
 
-    def _teacher_forced(
-        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, cache: Any = None
-    ) -> tuple[MultiTokenOutput, torch.Tensor]:
-        """The output of :meth:`forward` and the trunk's hidden states (B, l, D) from ``=`` on."""
+    def _heads_output(self, backbone: Backbone, hidden: torch.Tensor, target: torch.Tensor) -> MultiTokenOutput:
+        """Every head's loss and predictions from the trunk's hidden states (B, l, D) at ``=`` and after."""
         l = target.shape[1]
-        hidden = backbone(self.inputs(prefix, target), cache, output_from=prefix.shape[1] - 1)  # (B, l, D)
         preds = target.new_full((target.shape[0], self.k, l), -1)  # (B, k, l)
         extras, weighted, logits = {}, [], None
         for j in range(1, self.k + 1):
@@ -131,7 +135,7 @@ class MultiTokenHeads(Objective):
         loss = torch.stack(weighted).sum()
         if self.reduction == "mean":
             loss = loss / sum(self.head_weights)
-        return MultiTokenOutput(loss, logits, extras, head_preds=preds), hidden
+        return MultiTokenOutput(loss, logits, extras, head_preds=preds)
 
     def _drafters(self, backbone: Backbone) -> list[Callable[[torch.Tensor], torch.Tensor]]:
         return [functools.partial(self.head_logits, backbone, j) for j in range(2, self.k + 1)]
@@ -146,17 +150,17 @@ class MultiTokenHeads(Objective):
     def evaluate(
         self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
     ) -> tuple[MultiTokenOutput, torch.Tensor]:
-        """As teacher forcing: the teacher-forced pass fills the cache, which, rewound to the prefix, is the
-        prefill of (speculative) greedy decoding from the trunk's state at ``=``."""
-        B, P = prefix.shape
-        cache = backbone.new_cache(B, P + max(target.shape[1], steps) - 1)
-        if not backbone.rewind_cache(cache, 0):  # a recurrent state cannot be rewound to the prefix
+        """As teacher forcing: the teacher-forced pass doubles as the prefill of decoding, speculative where
+        the cache can rewind (see :func:`~nfl.objectives.base.teacher_forced_and_prefill`)."""
+        shared = teacher_forced_and_prefill(backbone, prefix, fed_back(target), steps)
+        if shared is None:
             return super().evaluate(backbone, prefix, target, steps)
-        out, hidden = self._teacher_forced(backbone, prefix, target, cache)
-        backbone.rewind_cache(cache, P)
-        if not self.speculative or self.k == 1:
-            return out, continue_greedy(backbone, cache, out.logits[:, 0], steps)
-        return out, continue_speculative(backbone, cache, P, hidden[:, 0], steps, self._drafters(backbone))
+        hidden, cache = shared
+        out = self._heads_output(backbone, hidden, target)
+        P = prefix.shape[1]
+        if self.speculative and self.k > 1 and backbone.rewind_cache(cache, P):
+            return out, continue_speculative(backbone, cache, P, hidden[:, 0], steps, self._drafters(backbone))
+        return out, continue_greedy(backbone, cache, out.logits[:, 0], steps)
 
     def eval_metric(self) -> Metric:
         return HeadAccuracy(self.k)

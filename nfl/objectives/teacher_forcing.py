@@ -13,7 +13,13 @@ import torch
 
 from nfl.decoding import continue_greedy, greedy_decode
 from nfl.models.base import Backbone
-from nfl.objectives.base import Objective, ObjectiveOutput, fed_back, target_cross_entropy
+from nfl.objectives.base import (
+    Objective,
+    ObjectiveOutput,
+    fed_back,
+    target_cross_entropy,
+    teacher_forced_and_prefill,
+)
 
 
 class TeacherForcing(Objective):
@@ -42,16 +48,16 @@ class TeacherForcing(Objective):
     def evaluate(
         self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
     ) -> tuple[ObjectiveOutput, torch.Tensor]:
-        """One teacher-forced pass fills the cache; rewound to the prefix, it is the prefill of greedy decoding.
+        """The teacher-forced pass doubles as the prefill of greedy decoding (see
+        :func:`~nfl.objectives.base.teacher_forced_and_prefill`).
 
         The first free-running token is then the argmax of the teacher-forced logits at ``=``, and decoding
         costs ``steps - 1`` one-token passes on top of the pass that teacher-forced metrics need anyway.
         """
-        B, P = prefix.shape
-        cache = backbone.new_cache(B, P + max(target.shape[1], steps) - 1) if self.use_cache else None
-        if cache is None or not backbone.rewind_cache(cache, 0):  # e.g. a recurrent state cannot be rewound
+        shared = teacher_forced_and_prefill(backbone, prefix, fed_back(target), steps) if self.use_cache else None
+        if shared is None:
             return super().evaluate(backbone, prefix, target, steps)
-        logits = backbone.unembed(backbone(self.inputs(prefix, target), cache, output_from=P - 1))  # (B, l, V)
-        backbone.rewind_cache(cache, P)
+        hidden, cache = shared
+        logits = backbone.unembed(hidden)  # (B, l, V)
         generated = continue_greedy(backbone, cache, logits[:, 0], steps)
         return ObjectiveOutput(target_cross_entropy(logits, target), logits), generated
