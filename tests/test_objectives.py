@@ -114,3 +114,29 @@ def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(backbone, task
     assert torch.equal(generated, objective.decode(model, prefix))
     assert torch.equal(generated[:, 0], out.logits[:, 0].argmax(-1))
     assert generated.unique().numel() > 5  # a varied decoding, so the comparison can fail
+
+
+@pytest.mark.parametrize("extra_steps", [0, 3])
+def test_teacherless_evaluation_is_one_pass(extra_steps, task, rng):
+    """The teacher-forced output and the decoding of a teacherless model come from the same single pass,
+    also when the decode budget is longer than the answer (a pretrained tokenizer's)."""
+    prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, 64, task))
+    model = GPT(task.vocab_size, task.seq_len + extra_steps, n_layer=2, d_model=64, n_head=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.3)
+    objective = Teacherless()
+    objective.bind(task, model)
+    steps = task.target_len + extra_steps
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[1]))
+    out, generated = objective.evaluate(model, prefix, target, steps)
+    hook.remove()
+    assert calls == [task.prefix_len + steps - 1]
+    with torch.no_grad():
+        separate = objective(model, prefix, target)
+    torch.testing.assert_close(out.logits, separate.logits, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.loss, separate.loss)
+    assert torch.equal(generated, objective.decode(model, prefix, steps))
+    assert generated.unique().numel() > 5

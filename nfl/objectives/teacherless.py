@@ -37,3 +37,13 @@ class Teacherless(Objective):
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         steps = steps or self.task.target_len
         return self.target_logits(backbone, self.with_dummies(prefix, steps), prefix.shape[1]).argmax(-1)  # (B, steps)
+
+    @torch.no_grad()
+    def evaluate(
+        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
+    ) -> tuple[ObjectiveOutput, torch.Tensor]:
+        """One pass for both: with dummies for input, the teacher-forced pass *is* free-running decoding. A
+        decode budget longer than the answer only appends dummies, which positions before them never see."""
+        L = target.shape[1]
+        logits = self.target_logits(backbone, self.with_dummies(prefix, max(L, steps)), prefix.shape[1])
+        return ObjectiveOutput(target_cross_entropy(logits[:, :L], target), logits[:, :L]), logits[:, :steps].argmax(-1)
