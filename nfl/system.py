@@ -92,8 +92,8 @@ class PathStarSystem(pl.LightningModule):
         # Tokenise training batches in the data loader's workers rather than here between steps, where the
         # accelerator would wait for it (a no-op for numeral backbones, whose codec is the identity).
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not isinstance(self.codec, NumeralCodec) and hasattr(datamodule, "train_transform"):
-            datamodule.train_transform = self.codec.encode
+        if hasattr(datamodule, "train_transform"):  # reset too: a data module may outlive an earlier system
+            datamodule.train_transform = None if isinstance(self.codec, NumeralCodec) else self.codec.encode
 
     def training_step(self, batch: Batch | EncodedBatch, batch_idx: int) -> torch.Tensor:
         encoded = batch if isinstance(batch, EncodedBatch) else self.codec.encode(*batch)

@@ -1,7 +1,8 @@
 """Codecs: how a path-star batch becomes a backbone's tokens, and the backbone's answers become path nodes again.
 
-The data module always yields the reference numeral tokens (SPEC §1): a ``prefix`` (B, P) and a ``target``
-(B, l) of node ids. Metrics are always computed on those node ids. A codec sits between the two:
+The data module generates the reference numeral tokens (SPEC §1): a ``prefix`` (B, P) and a ``target`` (B, l)
+of node ids. Metrics are always computed on those node ids. A codec sits between the two (for training
+batches the loader applies it, in its worker processes; see ``PathStarDataModule.train_transform``):
 
 - :class:`NumeralCodec` (GPT, Mamba): the backbone reads numeral tokens, so it is the identity.
 - :class:`TextCodec` (pretrained Hugging Face models): each example is written out in the reference text
