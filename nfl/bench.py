@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
+import statistics
 import sys
 import time
 from typing import Optional, Sequence
@@ -26,6 +27,7 @@ from nfl.cli import NFLCLI
 from nfl.data.datamodule import PathStarDataModule
 from nfl.data.path_star import sample_graphs
 from nfl.memory import keep_freed_memory
+from nfl.quiet import silence_dependency_noise
 from nfl.system import PathStarSystem
 
 
@@ -37,15 +39,23 @@ def build(config: str, overrides: Sequence[str]) -> tuple[PathStarSystem, PathSt
     return cli.model, cli.datamodule
 
 
-def timed(fn, repeats: int, sync) -> float:
-    """Seconds per call of ``fn`` over ``repeats`` calls (after one warm-up call)."""
-    fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
+def timed(fn, repeats: int, sync, warmup: int = 1) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` timed calls, after ``warmup`` untimed ones.
+
+    The median, not the mean: one call slowed by another process on a shared machine (or a first-call
+    allocation the warm-up missed) would otherwise move the figure, and could make cached decoding look
+    slower than uncached.
+    """
+    for _ in range(warmup):
         fn()
     sync()
-    return (time.perf_counter() - start) / repeats
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
 
 
 def model_flops_per_token(system: PathStarSystem, seq_len: int) -> float:
@@ -62,6 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--config", required=True, help="an nfl YAML config")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--eval-graphs", type=int, default=2000, help="held-out graphs decoded for eval timing")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each evaluation (median printed)")
     parser.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default="32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone for training")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -69,6 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --data.init_args.batch_size=64")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as python -m nfl does
+    silence_dependency_noise()
 
     system, data = build(args.config, args.overrides)
     task, device = system.task, torch.device(args.device)
@@ -111,9 +123,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(3 if args.compile else 1):  # compile warm-up happens outside the timing
-        step()
-    seconds = timed(step, args.steps, sync)
+    # Warm-up outside the timing: the first steps allocate (and, compiled, compile); median of per-step times.
+    seconds = timed(step, args.steps, sync, warmup=3)
     tokens = data.batch_size * shape[0]  # input tokens of a step
     print(f"train         batch {data.batch_size:>6}: {seconds * 1e3:>9.1f} ms/step  {data.batch_size / seconds:>10,.0f} "
           f"samples/s  {tokens / seconds:>12,.0f} tokens/s")
@@ -149,9 +160,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     else:
                         objective.decode(system.backbone, batch.prefix, steps)
 
-        seconds = timed(evaluate_all, 2, sync)
+        seconds = timed(evaluate_all, args.repeats, sync)
         print(f"eval {'' if full else 'decode '}{name:>12}: {args.eval_graphs / seconds:>12,.0f} graphs/s  "
-              f"({seconds:.2f} s for {args.eval_graphs} graphs)")
+              f"({seconds:.2f} s for {args.eval_graphs} graphs, median of {args.repeats})")
     return 0
 
 
