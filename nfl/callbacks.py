@@ -34,7 +34,7 @@ class KeepLastCheckpoint(Callback):
     @staticmethod
     def _save_last(trainer: pl.Trainer, checkpoint: ModelCheckpoint) -> str:
         path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state, to resume from
         return path
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

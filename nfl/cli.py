@@ -17,6 +17,7 @@ from nfl.callbacks import KeepLastCheckpoint
 from nfl.data.datamodule import PathStarDataModule
 from nfl.errors import UserInputError
 from nfl.memory import keep_freed_memory
+from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
 from nfl.system import PathStarSystem
 
 LINKED = ("degree", "path_len", "num_nodes", "reverse")
@@ -34,6 +35,11 @@ class NFLCLI(LightningCLI):
             default=False,
             help="After fit, run the test set on the final weights and log test/* to the same run.",
         )
+
+    def before_validate(self) -> None:
+        silence_evaluation_noise()
+
+    before_test = before_predict = before_validate
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -58,6 +64,7 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
     """Run the CLI; ``args`` (a list of strings) lets tests call it in-process."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     keep_freed_memory()  # CPU training: reuse activation memory across steps instead of re-faulting it
+    silence_dependency_noise()
     # Evaluation datasets shard themselves across loader workers, so their __len__ is exact.
     warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     # Evaluation tags come from torchmetrics, already summed across ranks; Lightning cannot tell and suggests

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from typing import Any, Callable, Optional
 
 import lightning.pytorch as pl
@@ -70,7 +71,10 @@ class PathStarSystem(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():
+            # Saved on purpose: load_from_checkpoint rebuilds the injected objective from its hyperparameters.
+            warnings.filterwarnings("ignore", message=r"Attribute 'objective' is an instance of `nn.Module`")
+            self.save_hyperparameters()
         self.task = PathStarTask(degree, path_len, num_nodes)
         self.backbone = backbone(self.task.vocab_size, self.task.seq_len)
         self.codec = self.backbone.codec(self.task)  # numeral batches <-> the backbone's own tokens

@@ -185,7 +185,8 @@ def test_gradient_checkpointing_and_bf16_weights(hf_folders, task):
     grads = []
     for checkpointing in (False, True):
         hf = HFCausalLM(0, 0, str(hf_folders["gpt2"]), gradient_checkpointing=checkpointing)  # train mode, no dropout
-        assert hf.training and hf.lm.is_gradient_checkpointing == checkpointing
+        enabled = getattr(hf.lm, "is_activation_checkpointing", None)  # the 4.x name below warns in 5.x
+        assert hf.training and (enabled if enabled is not None else hf.lm.is_gradient_checkpointing) == checkpointing
         objective = TeacherForcing()
         objective.bind(task, hf)
         objective(hf, batch.prefix, batch.target).loss.backward()
