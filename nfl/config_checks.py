@@ -29,7 +29,9 @@ CONFIG_PREFIXES: tuple[tuple[type, str], ...] = (
     (pl.LightningModule, "model"),
 )
 
-OPTIMISER_OPTIONS = "model.lr, model.weight_decay, model.betas, model.warmup_steps, model.decay_steps, model.min_lr_ratio"
+OPTIMISER_OPTIONS = (
+    "model.lr, model.weight_decay, model.betas, model.warmup_steps, model.decay_steps, model.min_lr_ratio"
+)
 
 
 def locate(err: OptionError) -> OptionError:

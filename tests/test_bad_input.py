@@ -24,7 +24,9 @@ from nfl.data.path_star import (
 from nfl.data.vocab import PathStarTask
 from tests.conftest import ROOT, SPEC_LINE, version_dir
 
-MAMBA = ["--model.backbone=nfl.models.Mamba", "--model.backbone.init_args.n_layer=1", "--model.backbone.init_args.d_model=16"]
+MAMBA = [
+    "--model.backbone=nfl.models.Mamba", "--model.backbone.init_args.n_layer=1", "--model.backbone.init_args.d_model=16"
+]
 MTP = ["--model.objective=nfl.objectives.MultiTokenHeads"]
 
 # (extra arguments to the tiny fit, the option the one error line must name)

@@ -51,7 +51,7 @@ def _from_pretrained(auto: Any, name: str, revision: Optional[str], option: str,
     """
     try:
         return auto.from_pretrained(name, revision=revision, local_files_only=True, **kwargs)
-    except OSError:
+    except (OSError, ValueError):
         if os.path.isdir(os.path.expanduser(name)):
             raise  # a local folder that does not hold a model: its own message says what is missing
     _check_hub(name, revision, option)
@@ -65,7 +65,9 @@ def _check_hub(name: str, revision: Optional[str], option: str) -> None:
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     not_here = "is neither a local folder nor in the local Hugging Face cache"
-    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+    # The hub client reads HF_HUB_OFFLINE once, at import; the environment says what the user asks for now.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    if offline or huggingface_hub.constants.HF_HUB_OFFLINE:
         raise OptionError(
             HFCausalLM, option, name,
             f"{not_here}, and HF_HUB_OFFLINE is set; download it once with the hub reachable, or give a folder "
@@ -74,7 +76,9 @@ def _check_hub(name: str, revision: Optional[str], option: str) -> None:
     try:  # one request, no retries (downloads retry for about a minute before giving up)
         huggingface_hub.HfApi().model_info(name, revision=revision, timeout=_HUB_TIMEOUT_S)
     except RevisionNotFoundError:
-        raise OptionError(HFCausalLM, "revision", revision, f"the hub has no revision {revision!r} of {name!r}") from None
+        raise OptionError(
+            HFCausalLM, "revision", revision, f"the hub has no revision {revision!r} of {name!r}"
+        ) from None
     except RepositoryNotFoundError:
         raise OptionError(
             HFCausalLM, option, name, f"{not_here}, and the hub has no such model (or it is private: log in first)"
@@ -103,8 +107,9 @@ class HFCausalLM(Backbone):
     Args:
         vocab_size, max_seq_len: linked from the data for nfl's own backbones; unused here (the model and
             its tokenizer bring their own).
-        model: a hub name (``gpt2``, ``EleutherAI/pythia-410m``; downloaded on first use) or a local folder
-            written by ``save_pretrained``.
+        model: a hub name (``gpt2``, ``EleutherAI/pythia-410m``; downloaded on first use, then loaded from the
+            local cache without asking the hub: pin ``revision`` for an exact version) or a local folder written
+            by ``save_pretrained``.
         tokenizer: where to load the tokenizer from; default the same as ``model``.
         dummy_token: the teacherless dummy, a string the tokenizer encodes as one token (the reference code
             uses ``$``).

@@ -196,7 +196,9 @@ class Mamba(Backbone):
         at_least(me, "n_layer", n_layer, 0)
         for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
             at_least(me, name, value, 1)
-        require(dt_rank == "auto" or dt_rank >= 1, me, "dt_rank", dt_rank, 'must be >= 1 or "auto" (ceil(d_model / 16))')
+        require(
+            dt_rank == "auto" or dt_rank >= 1, me, "dt_rank", dt_rank, 'must be >= 1 or "auto" (ceil(d_model / 16))'
+        )
         above(me, "dt_min", dt_min, 0.0, "the smallest initial step size, e.g. 0.001")
         at_least(me, "dt_max", dt_max, dt_min, f"the largest initial step size, at least dt_min={dt_min}")
         above(me, "dt_init_floor", dt_init_floor, 0.0, "e.g. 1e-4")
