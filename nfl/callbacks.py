@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-
 from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
@@ -16,12 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class KeepLastCheckpoint(Callback):
-    """Keep ``last.ckpt`` (where ModelCheckpoint writes it) current when ``fit`` ends or is interrupted.
+    """Keep ``last.ckpt`` (where ModelCheckpoint writes it) current when ``fit`` ends or is stopped by a signal.
 
     ModelCheckpoint saves every ``every_n_train_steps``; without this, the steps after the last multiple are
-    lost when ``max_steps`` is not a multiple, and so is everything since the last save on Ctrl-C. Resume with
-    ``--ckpt_path .../checkpoints/last.ckpt``: training continues at that step with the same data stream and
-    learning-rate schedule. Exceptions other than KeyboardInterrupt leave the last good checkpoint alone.
+    lost when ``max_steps`` is not a multiple, and so is everything since the last save on Ctrl-C or SIGTERM
+    (:class:`nfl.signals.StopOnSignal` turns those into a stop between steps). Resume with
+    ``--ckpt_path .../checkpoints/last.ckpt``: training continues at that step with the same data stream,
+    learning-rate schedule and logged steps. Other exceptions (a second Ctrl-C included) leave the last good
+    checkpoint alone.
     """
 
     @staticmethod
@@ -52,6 +53,37 @@ class KeepLastCheckpoint(Callback):
             return
         path = self._save_last(trainer, checkpoint)
         log.warning("Interrupted at step %d; saved %s (resume with --ckpt_path %s).", trainer.global_step, path, path)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == "fit" and trainer.training and not trainer.sanity_checking:
+            as_saved_at_batch_end(checkpoint, trainer.accumulate_grad_batches)
+
+
+_COUNTERS = ("ready", "started", "processed", "completed")
+
+
+def as_saved_at_batch_end(checkpoint: dict[str, Any], accumulate_grad_batches: int = 1) -> None:
+    """Record a checkpoint taken after a step's bookkeeping as if taken in that step's ``on_train_batch_end``.
+
+    Lightning resumes exactly from the state ModelCheckpoint saves in ``on_train_batch_end`` (the batch not
+    yet counted completed, ``_batches_that_stepped`` not yet incremented): it finishes that bookkeeping on
+    load. A checkpoint written once the step is fully counted (at the end of ``fit``, or when a signal
+    stops it between steps) has all four batch counters equal, which Lightning reads as "saved at the end
+    of validation, before the step was counted": it counts the step a second time, so every later logged
+    step is one too high and validation runs one step early. Rolling the counters back one step gives the
+    single form that resumes identically, whichever callback wrote the file.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop:
+        return
+    progress = loop["epoch_loop.batch_progress"]
+    total, current = progress["total"], progress["current"]
+    fully_counted = all(len({p[k] for k in _COUNTERS}) == 1 and p["completed"] > 0 for p in (total, current))
+    if not fully_counted or total["completed"] % accumulate_grad_batches != 0:
+        return  # mid-step, mid-validation or mid-accumulation: Lightning's own restart logic applies
+    total["completed"] -= 1
+    current["completed"] -= 1
+    loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
 
 class PredictionWriter(BasePredictionWriter):
