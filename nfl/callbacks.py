@@ -8,6 +8,7 @@ from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.data.path_star import format_lines
 
@@ -46,7 +47,7 @@ class KeepLastCheckpoint(Callback):
             self._save_last(trainer, checkpoint)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, KeyboardInterrupt) or trainer.state.fn != "fit":
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit" or trainer.global_step == 0:
             return
         checkpoint = self._checkpoint(trainer)
         if checkpoint is None:
@@ -63,12 +64,13 @@ _COUNTERS = ("ready", "started", "processed", "completed")
 
 
 def as_saved_at_batch_end(checkpoint: dict[str, Any], accumulate_grad_batches: int = 1) -> None:
-    """Record a checkpoint taken after a step's bookkeeping as if taken in that step's ``on_train_batch_end``.
+    """Record a checkpoint taken between two steps as if taken in the first one's ``on_train_batch_end``.
 
     Lightning resumes exactly from the state ModelCheckpoint saves in ``on_train_batch_end`` (the batch not
     yet counted completed, ``_batches_that_stepped`` not yet incremented): it finishes that bookkeeping on
     load. A checkpoint written once the step is fully counted (at the end of ``fit``, or when a signal
-    stops it between steps) has all four batch counters equal, which Lightning reads as "saved at the end
+    stops it before the next step begins) has all four batch counters equal (once the next batch's
+    fetch is undone), which Lightning reads as "saved at the end
     of validation, before the step was counted": it counts the step a second time, so every later logged
     step is one too high and validation runs one step early. Rolling the counters back one step gives the
     single form that resumes identically, whichever callback wrote the file.
@@ -78,6 +80,9 @@ def as_saved_at_batch_end(checkpoint: dict[str, Any], accumulate_grad_batches: i
         return
     progress = loop["epoch_loop.batch_progress"]
     total, current = progress["total"], progress["current"]
+    for p in (total, current):  # saved in on_train_batch_start: the next batch was fetched, nothing more
+        if p["ready"] == p["started"] + 1 and p["started"] == p["processed"] == p["completed"]:
+            p["ready"] -= 1
     fully_counted = all(len({p[k] for k in _COUNTERS}) == 1 and p["completed"] > 0 for p in (total, current))
     if not fully_counted or total["completed"] % accumulate_grad_batches != 0:
         return  # mid-step, mid-validation or mid-accumulation: Lightning's own restart logic applies

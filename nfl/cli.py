@@ -7,16 +7,19 @@ linked into the system, which builds the backbone for that vocabulary and sequen
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from typing import Optional
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.callbacks import KeepLastCheckpoint
 from nfl.data.datamodule import PathStarDataModule
 from nfl.errors import UserInputError
 from nfl.memory import keep_freed_memory
+from nfl.signals import StopOnSignal
 from nfl.system import PathStarSystem
 
 LINKED = ("degree", "path_len", "num_nodes", "reverse")
@@ -41,7 +44,8 @@ class NFLCLI(LightningCLI):
 
 
 def trainer_defaults() -> dict:
-    """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and on Ctrl-C."""
+    """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and
+    when Ctrl-C or SIGTERM stops the run."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -49,7 +53,7 @@ def trainer_defaults() -> dict:
         },
         # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
         # configs set ModelCheckpoint (save_last: true) themselves.
-        "callbacks": [KeepLastCheckpoint()],
+        "callbacks": [KeepLastCheckpoint(), StopOnSignal()],
         "check_val_every_n_epoch": None,
     }
 
@@ -63,15 +67,19 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
     # Evaluation tags come from torchmetrics, already summed across ranks; Lightning cannot tell and suggests
     # sync_dist, which would only average identical values again.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train_eval)/")
+    defaults = trainer_defaults()
+    stop = next(c for c in defaults["callbacks"] if isinstance(c, StopOnSignal))
     try:
         return NFLCLI(
             PathStarSystem,
             PathStarDataModule,
             subclass_mode_data=True,
-            trainer_defaults=trainer_defaults(),
+            trainer_defaults=defaults,
             save_config_kwargs={"overwrite": True},
             args=args,
         )
+    except SIGTERMException:  # a signal stopped fit between steps, after last.ckpt was written
+        sys.exit(128 + (stop.signum or signal.SIGTERM))
     except Exception as err:
         cause = user_error(err)
         if cause is None:

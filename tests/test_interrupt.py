@@ -1,4 +1,4 @@
-"""Ctrl-C keeps the work: fit writes last.ckpt at the interrupted step, and a sweep waits for that save."""
+"""Ctrl-C and SIGTERM keep the work: fit writes last.ckpt at the interrupted step, and a sweep waits for that save."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_same_series, logged, version_dir
 
 LONG = ["--trainer.max_steps=100000", "--trainer.val_check_interval=100000", "--trainer.limit_val_batches=0"]
 
@@ -27,27 +27,38 @@ def steps_logged(folder: Path) -> bool:
     return any(folder.glob("**/events.out.tfevents.*")) and any(p.stat().st_size > 2000 for p in folder.glob("**/events.*"))
 
 
-def test_ctrl_c_during_fit_saves_last_ckpt_and_resumes(tiny_config, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def interrupt_fit(tmp_path: Path, signum: int, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Start ``python -m nfl fit ARGS``, send ``signum`` once steps are logged; the finished process and last.ckpt."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "nfl", "fit", "--config", str(tiny_config), *LONG],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "nfl", "fit", *args], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     wait_for(lambda: steps_logged(tmp_path / "lightning_logs") or child.poll() is not None)
-    child.send_signal(signal.SIGINT)
+    child.send_signal(signum)
     output = child.communicate(timeout=120)[0]
-    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    assert last.is_file(), output[-2000:]
+    return subprocess.CompletedProcess(child.args, child.returncode, output), tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def test_ctrl_c_during_fit_saves_last_ckpt_and_the_resumed_run_logs_like_one_run(tiny_config, tmp_path, run_cli):
+    # Validation every 3 steps and a schedule that does not depend on max_steps: the resumed run must log
+    # exactly what one uninterrupted run of the same length logs, wherever the signal lands.
+    common = ["--config", str(tiny_config), "--trainer.val_check_interval=3", "--model.decay_steps=1000"]
+    done, last = interrupt_fit(tmp_path, signal.SIGINT, *common, "--trainer.max_steps=100000")
+    assert done.returncode == 130, done.stdout[-2000:]
     step = torch.load(last, weights_only=False)["global_step"]
-    assert step > 0 and f"Interrupted at step {step}" in output
-    resumed = subprocess.run(
-        [sys.executable, "-m", "nfl", "fit", "--config", str(tiny_config), "--trainer.max_steps", str(step + 2),
-         "--ckpt_path", str(last)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    final = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
-    assert torch.load(final, weights_only=False)["global_step"] == step + 2
+    assert step > 0 and f"Interrupted at step {step}" in done.stdout
+    cli = run_cli("fit", *common, "--trainer.max_steps", str(step + 4), "--ckpt_path", str(last))
+    assert cli.trainer.global_step == step + 4
+    assert torch.load(version_dir(tmp_path, 1) / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 4
+    run_cli("fit", *common, "--trainer.max_steps", str(step + 4), "--trainer.logger.save_dir=whole")
+    assert_same_series(logged(tmp_path), logged(tmp_path / "whole"))
+
+
+def test_sigterm_during_fit_saves_last_ckpt_and_exits_143(tiny_config, tmp_path):
+    done, last = interrupt_fit(tmp_path, signal.SIGTERM, "--config", str(tiny_config), *LONG)
+    assert done.returncode == 143, done.stdout[-2000:]
+    step = torch.load(last, weights_only=False)["global_step"]
+    assert step > 0 and f"Interrupted at step {step}" in done.stdout
 
 
 def test_ctrl_c_on_a_sweep_lets_the_run_save_then_resumes_it(tiny_config, tmp_path):
