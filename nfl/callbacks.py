@@ -36,14 +36,23 @@ class KeepLastCheckpoint(Callback):
     @staticmethod
     def _save_last(trainer: pl.Trainer, checkpoint: ModelCheckpoint) -> str:
         path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+        # Recorded before saving, as ModelCheckpoint does, so that this file is its last checkpoint in the
+        # saved state too: later saves (in this run or a resumed one) replace it instead of adding last-v1.ckpt.
+        checkpoint.last_model_path = path
         trainer.save_checkpoint(path)
         return path
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = self._checkpoint(trainer)
         # ModelCheckpoint records the step it last saved on every rank, so all ranks agree here (a file
-        # check could differ across nodes and leave the collective save waiting).
-        if checkpoint is not None and trainer.global_step > 0 and checkpoint._last_global_step_saved != trainer.global_step:
+        # check could differ across nodes and leave the collective save waiting). When it has saved nothing
+        # yet (max_steps below every_n_train_steps) it writes last.ckpt itself right after this hook.
+        if (
+            checkpoint is not None
+            and trainer.global_step > 0
+            and checkpoint._last_global_step_saved != trainer.global_step
+            and checkpoint._last_checkpoint_saved
+        ):
             self._save_last(trainer, checkpoint)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

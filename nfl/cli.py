@@ -19,6 +19,7 @@ from nfl.callbacks import KeepLastCheckpoint
 from nfl.data.datamodule import PathStarDataModule
 from nfl.errors import UserInputError
 from nfl.memory import keep_freed_memory
+from nfl.runs import settle_log_folder
 from nfl.signals import StopOnSignal
 from nfl.system import PathStarSystem
 
@@ -37,6 +38,9 @@ class NFLCLI(LightningCLI):
             default=False,
             help="After fit, run the test set on the final weights and log test/* to the same run.",
         )
+
+    def before_instantiate_classes(self) -> None:
+        settle_log_folder(self.config[self.subcommand], self.subcommand)
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import ROOT, assert_same_series, logged, version_dir
+from tests.conftest import ROOT, assert_same_series, logged
 
 LONG = ["--trainer.max_steps=100000", "--trainer.val_check_interval=100000", "--trainer.limit_val_batches=0"]
 
@@ -49,7 +49,9 @@ def test_ctrl_c_during_fit_saves_last_ckpt_and_the_resumed_run_logs_like_one_run
     assert step > 0 and f"Interrupted at step {step}" in done.stdout
     cli = run_cli("fit", *common, "--trainer.max_steps", str(step + 4), "--ckpt_path", str(last))
     assert cli.trainer.global_step == step + 4
-    assert torch.load(version_dir(tmp_path, 1) / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 4
+    # The resumed run continues the same TensorBoard run and replaces its last.ckpt.
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    assert torch.load(last, weights_only=False)["global_step"] == step + 4
     run_cli("fit", *common, "--trainer.max_steps", str(step + 4), "--trainer.logger.save_dir=whole")
     assert_same_series(logged(tmp_path), logged(tmp_path / "whole"))
 
