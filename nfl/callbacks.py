@@ -42,6 +42,14 @@ class KeepLastCheckpoint(Callback):
         trainer.save_checkpoint(path)
         return path
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resuming from a checkpoint of this folder: its last.ckpt is this run's, to be replaced, not kept
+        # beside a new last-v1.ckpt (ModelCheckpoint's guard against another run's file).
+        checkpoint, resumed = self._checkpoint(trainer), trainer.ckpt_path
+        if checkpoint is not None and resumed and os.path.isfile(resumed) and os.path.isdir(checkpoint.dirpath):
+            if os.path.samefile(os.path.dirname(os.path.abspath(resumed)), checkpoint.dirpath):
+                checkpoint.last_model_path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         checkpoint = self._checkpoint(trainer)
         # ModelCheckpoint records the step it last saved on every rank, so all ranks agree here (a file

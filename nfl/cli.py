@@ -10,16 +10,18 @@ import logging
 import signal
 import sys
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.callbacks import KeepLastCheckpoint
+from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.data.datamodule import PathStarDataModule
 from nfl.errors import UserInputError
 from nfl.memory import keep_freed_memory
-from nfl.runs import settle_log_folder
+from nfl.runs import checkpoint_file, settle_log_folder
 from nfl.signals import StopOnSignal
 from nfl.system import PathStarSystem
 
@@ -39,8 +41,22 @@ class NFLCLI(LightningCLI):
             help="After fit, run the test set on the final weights and log test/* to the same run.",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path next (its hyper-parameters become the model's): a missing or broken
+        # file is one line here, before anything is written.
+        subcommand = self.config.get("subcommand")
+        ckpt = checkpoint_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if ckpt is not None:
+            read_checkpoint(ckpt, mmap=True)
+
     def before_instantiate_classes(self) -> None:
         settle_log_folder(self.config[self.subcommand], self.subcommand)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

@@ -17,7 +17,8 @@ and one seed is a run. A setting is a mapping of CLI keys to values, passed to `
 Run ``objective=reverse,seed=1`` logs to ``lightning_logs/my_sweep/objective=reverse,seed=1/`` (TensorBoard events,
 config.yaml, checkpoints/). Each run is a subprocess that fits and then tests; when it succeeds the sweep writes
 ``sweep_run.json`` into its folder. Running the sweep again skips those runs and resumes an interrupted one
-from its ``last.ckpt``, so a sweep can be stopped and restarted at any time. ``python -m nfl.report`` turns the
+from its ``last.ckpt`` (or, if that does not load, its newest checkpoint that does), so a sweep can be
+stopped and restarted at any time. ``python -m nfl.report`` turns the
 finished runs into a table and plots.
 """
 
@@ -103,9 +104,17 @@ def run_dir(logs: str, sweep_name: str, run: Run) -> str:
     return os.path.join(logs, sweep_name, run.name)
 
 
-def command(spec: dict[str, Any], run: Run, logs: str) -> list[str]:
-    """The ``python -m nfl fit`` command of one run (resuming from its last.ckpt if one exists)."""
-    folder = run_dir(logs, spec["name"], run)
+def resume_checkpoint(folder: str) -> tuple[Optional[str], list[str]]:
+    """The checkpoint a run in ``folder`` resumes from: its newest one that loads (last.ckpt, or a periodic one
+    when a failed save or a crash left last.ckpt broken), and a line for each newer one that was skipped."""
+    from nfl.checkpoints import newest_loadable  # torch: only when there is something to resume
+
+    checkpoints = os.path.join(folder, "checkpoints")
+    return newest_loadable(checkpoints) if os.path.isdir(checkpoints) else (None, [])
+
+
+def command(spec: dict[str, Any], run: Run, logs: str, ckpt_path: Optional[str] = None) -> list[str]:
+    """The ``python -m nfl fit`` command of one run, resuming from ``ckpt_path`` if given."""
     cmd = [sys.executable, "-m", "nfl", "fit", "--config", spec["base"], *spec.get("args", []), *run.overrides]
     cmd += [
         f"--seed_everything={run.seed}",
@@ -117,9 +126,8 @@ def command(spec: dict[str, Any], run: Run, logs: str) -> list[str]:
         "--trainer.logger.default_hp_metric=false",
         "--test_after_fit=true",
     ]
-    last = os.path.join(folder, "checkpoints", "last.ckpt")
-    if os.path.isfile(last):
-        cmd += ["--ckpt_path", last]
+    if ckpt_path is not None:
+        cmd += ["--ckpt_path", ckpt_path]
     return cmd
 
 
@@ -167,13 +175,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if os.path.isfile(os.path.join(folder, DONE)):
             print(f"{tag}: finished earlier, skipped")
             continue
-        cmd = command(spec, run, args.logs)
+        ckpt_path, skipped = resume_checkpoint(folder)
+        for reason in skipped:
+            print(f"{tag}: skipping a checkpoint: {reason}", flush=True)
+        cmd = command(spec, run, args.logs, ckpt_path)
         if args.dry_run:
             print(f"{tag}: {' '.join(cmd)}")
             continue
         os.makedirs(folder, exist_ok=True)
-        resumed = "--ckpt_path" in cmd
-        print(f"{tag}: {'resuming' if resumed else 'running'} (output in {folder}/stdout.log)", flush=True)
+        resumed = ckpt_path is not None
+        doing = f"resuming from {os.path.basename(ckpt_path)}" if resumed else "running"
+        print(f"{tag}: {doing} (output in {folder}/stdout.log)", flush=True)
         t0 = time.time()
         code = run_child(cmd, os.path.join(folder, "stdout.log"))
         if code is None:

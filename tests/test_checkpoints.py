@@ -3,7 +3,16 @@ default_root_dir holds everything."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
+import os
+import subprocess
+
+import pytest
 import torch
+
+import nfl.checkpoints
 
 from tests.conftest import assert_same_series, logged, version_dir
 
@@ -35,3 +44,71 @@ def test_default_root_dir_holds_the_events_and_checkpoints(run_cli, tiny_config,
     run = version_dir(tmp_path / "out")
     assert list(run.glob("events.out.tfevents.*")) and (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "config.yaml").is_file() and not (tmp_path / "lightning_logs").exists()
+
+
+class DiskFillsUp(io.FileIO):
+    """A file on a disk that fills up halfway through the first write."""
+
+    def write(self, data) -> int:
+        super().write(memoryview(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_save_that_fails_halfway_keeps_the_previous_checkpoint_and_says_why(run_cli, tiny_config, tmp_path, monkeypatch):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4")
+    checkpoints = version_dir(tmp_path) / "checkpoints"
+    before = sorted(p.name for p in checkpoints.iterdir())
+    monkeypatch.setattr(nfl.checkpoints, "open", lambda fd, mode: DiskFillsUp(fd, "w"), raising=False)
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=8", "--ckpt_path", str(checkpoints / "last.ckpt"))
+    message = done.value.code
+    assert message.startswith("error: Cannot save checkpoint") and "\n" not in message
+    assert f"in {checkpoints}: no space left on device" in message
+    assert sorted(p.name for p in checkpoints.iterdir()) == before  # no half-written file, no temporary left
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 2 MiB tmpfs (needs root and a kernel that lets this process mount one)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("fault, cause", [("full", "no space left on device"), ("read-only", "read-only file system")])
+def test_on_a_full_or_read_only_disk_the_run_ends_in_one_line_and_the_checkpoint_survives(
+    fault, cause, run_cli, tiny_config, tmp_path, tiny_filesystem
+):
+    on_disk = ["--trainer.callbacks.dirpath", str(tiny_filesystem)]
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4", *on_disk)
+    last = tiny_filesystem / "last.ckpt"
+    if fault == "full":
+        with open(tiny_filesystem / "filler", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(tiny_filesystem)], check=True)
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=8", *on_disk, "--ckpt_path", str(last))
+    assert done.value.code.startswith("error: Cannot save checkpoint") and f"in {tiny_filesystem}: {cause}" in done.value.code
+    assert not list(tiny_filesystem.glob(".*.tmp"))
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+def test_a_ckpt_path_that_does_not_load_is_named_in_one_line(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4")
+    good = version_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    truncated, garbage = tmp_path / "truncated.ckpt", tmp_path / "garbage.ckpt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    garbage.write_text("not a checkpoint")
+    for path, words in ((truncated, "does not load"), (garbage, "does not load"), (tmp_path / "missing.ckpt", "does not exist")):
+        for sub in ("fit", "test"):
+            with pytest.raises(SystemExit) as done:
+                run_cli(sub, "--config", str(tiny_config), "--ckpt_path", str(path))
+            assert done.value.code.startswith(f"error: Checkpoint {path} {words}") and "\n" not in done.value.code
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]  # nothing started
