@@ -1,4 +1,4 @@
-"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run; write predictions to a file."""
+"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run, stop on a non-finite loss, write predictions."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ import os
 from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.data.path_star import format_lines
+from nfl.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,31 @@ def as_saved_at_batch_end(checkpoint: dict[str, Any], accumulate_grad_batches: i
     total["completed"] -= 1
     current["completed"] -= 1
     loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+
+
+class NonFiniteLoss(UserInputError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stop ``fit`` at the first step whose training loss is NaN or infinite, before it reaches the weights.
+
+    The check runs before the backward pass, so the optimizer never steps on that loss and nothing is saved
+    after it: ``last.ckpt`` and the periodic checkpoints keep the last good weights.
+    """
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):  # every rank stops at the same step
+            return
+        value = loss.detach().float().cpu()
+        raise NonFiniteLoss(
+            f"The training loss became {value.item() if value.numel() == 1 else 'non-finite'} at step "
+            f"{trainer.global_step} (lr {pl_module.hparams.get('lr')}); training stopped before that step changed "
+            "the weights, and the checkpoints already written are kept. Try a lower --model.lr, gradient clipping "
+            "(--trainer.gradient_clip_val=1.0), more --model.warmup_steps, or bf16-mixed rather than 16-mixed "
+            "--trainer.precision."
+        )
 
 
 class PredictionWriter(BasePredictionWriter):

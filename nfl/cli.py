@@ -16,7 +16,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.callbacks import KeepLastCheckpoint
+from nfl.callbacks import KeepLastCheckpoint, StopOnNonFiniteLoss
 from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.data.datamodule import PathStarDataModule
 from nfl.errors import UserInputError
@@ -65,7 +65,7 @@ class NFLCLI(LightningCLI):
 
 def trainer_defaults() -> dict:
     """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and
-    when Ctrl-C or SIGTERM stops the run."""
+    when Ctrl-C or SIGTERM stops the run; a NaN or infinite training loss stops it."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -73,7 +73,7 @@ def trainer_defaults() -> dict:
         },
         # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
         # configs set ModelCheckpoint (save_last: true) themselves.
-        "callbacks": [KeepLastCheckpoint(), StopOnSignal()],
+        "callbacks": [KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss()],
         "check_val_every_n_epoch": None,
     }
 

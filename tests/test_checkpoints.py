@@ -112,3 +112,19 @@ def test_a_ckpt_path_that_does_not_load_is_named_in_one_line(run_cli, tiny_confi
                 run_cli(sub, "--config", str(tiny_config), "--ckpt_path", str(path))
             assert done.value.code.startswith(f"error: Checkpoint {path} {words}") and "\n" not in done.value.code
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]  # nothing started
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoints(run_cli, tiny_config, tmp_path):
+    # lr 100 diverges after the step-4 checkpoint (at step 7 on this seed), so there is good work to keep.
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(tiny_config), "--model.lr=100", "--trainer.max_steps=40")
+    message = done.value.code
+    assert message.startswith("error: The training loss became ") and "\n" not in message and "--model.lr" in message
+    step = int(message.split(" at step ")[1].split()[0])
+    assert 4 < step < 40
+    saved = list((version_dir(tmp_path) / "checkpoints").glob("*.ckpt"))
+    assert {p.name for p in saved} == {"epoch=0-step=4.ckpt", "last.ckpt"}
+    for path in saved:
+        checkpoint = torch.load(path, weights_only=False)
+        assert checkpoint["global_step"] <= step
+        assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values()), path.name
