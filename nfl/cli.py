@@ -21,11 +21,14 @@ from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.data.datamodule import PathStarDataModule
 from nfl.errors import UserInputError
 from nfl.memory import keep_freed_memory
-from nfl.runs import checkpoint_file, settle_log_folder
+from nfl.runs import checkpoint_file, refuse_contradictions, settle_log_folder
 from nfl.signals import StopOnSignal
 from nfl.system import PathStarSystem
 
 LINKED = ("degree", "path_len", "num_nodes", "reverse")
+# Model options a checkpoint's weights were made with; on fit the optimizer state (lr, decay, betas) as well.
+WEIGHT_OPTIONS = ("backbone", "objective", *LINKED)
+OPTIMIZER_OPTIONS = ("lr", "weight_decay", "betas")
 
 
 class NFLCLI(LightningCLI):
@@ -43,12 +46,15 @@ class NFLCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
-        # LightningCLI reads --ckpt_path next (its hyper-parameters become the model's): a missing or broken
-        # file is one line here, before anything is written.
+        # LightningCLI reads --ckpt_path next and replaces the model options by the checkpoint's: a missing or
+        # broken file, or options that contradict it, are one line here, before anything is written.
         subcommand = self.config.get("subcommand")
-        ckpt = checkpoint_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        config = self.config[subcommand] if subcommand else None
+        ckpt = checkpoint_file(config.get("ckpt_path")) if config is not None else None
         if ckpt is not None:
-            read_checkpoint(ckpt, mmap=True)
+            saved = read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {}
+            keys = WEIGHT_OPTIONS + (OPTIMIZER_OPTIONS if subcommand == "fit" else ())
+            refuse_contradictions(ckpt, saved, config.model, keys, {k: f"data.init_args.{k}" for k in LINKED})
 
     def before_instantiate_classes(self) -> None:
         settle_log_folder(self.config[self.subcommand], self.subcommand)

@@ -128,3 +128,24 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_good_checkpoints(run_cli,
         checkpoint = torch.load(path, weights_only=False)
         assert checkpoint["global_step"] <= step
         assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values()), path.name
+
+
+def test_model_options_that_contradict_the_checkpoint_are_refused_in_one_line(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4")
+    ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    for sub, args, named in (
+        ("fit", ["--model.backbone.init_args.d_model=64", "--model.lr=0.01"],
+         ["--model.backbone.init_args.d_model is 32 in the checkpoint, 64 here", "--model.lr is 0.001"]),
+        ("fit", ["--model.objective=nfl.objectives.Teacherless"], ["--model.objective.class_path"]),
+        ("test", ["--data.init_args.num_nodes=30"], ["--data.init_args.num_nodes is 20", "is for G(2,4,20)"]),
+        ("predict", ["--data.init_args.reverse=true"], ["--data.init_args.reverse is False in the checkpoint, True here"]),
+    ):
+        with pytest.raises(SystemExit) as done:
+            run_cli(sub, "--config", str(tiny_config), "--ckpt_path", ckpt, *args)
+        message = done.value.code
+        assert message.startswith(f"error: {ckpt} does not match this command line") and "\n" not in message
+        assert all(words in message for words in named), message
+    # Options that only steer training from here on (or the optimizer, outside fit) may change.
+    run_cli("test", "--config", str(tiny_config), "--ckpt_path", ckpt, "--model.lr=0.01")
+    cli = run_cli("fit", "--config", str(tiny_config), "--ckpt_path", ckpt, "--trainer.max_steps=5", "--model.warmup_steps=2")
+    assert cli.trainer.global_step == 5
