@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, assert_same_series, logged
+from tests.conftest import ROOT, assert_same_series, logged, read_scalars
 
 LONG = ["--trainer.max_steps=100000", "--trainer.val_check_interval=100000", "--trainer.limit_val_batches=0"]
 
@@ -36,7 +36,11 @@ def interrupt_fit(tmp_path: Path, signum: int, *args: str) -> tuple[subprocess.C
     )
     wait_for(lambda: steps_logged(tmp_path / "lightning_logs") or child.poll() is not None)
     child.send_signal(signum)
-    output = child.communicate(timeout=120)[0]
+    try:
+        output = child.communicate(timeout=120)[0]
+    finally:
+        if child.poll() is None:  # it did not stop: do not leave it training
+            child.kill()
     return subprocess.CompletedProcess(child.args, child.returncode, output), tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
@@ -81,3 +85,35 @@ def test_a_signal_to_a_sweep_lets_the_run_save_then_stops(signum, code, tiny_con
     assert child.returncode == code and "Run the sweep again to resume" in output, output[-2000:]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] > 0
     assert "Interrupted at step" in (run / "stdout.log").read_text()  # the training process saved, then exited
+
+
+def test_slurm_requeue_signal_saves_a_resumable_checkpoint_and_requeues(tiny_config, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # stands in for SLURM's: records how Lightning called it
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **slurm, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "nfl", "fit", "--config", str(tiny_config), "--model.decay_steps=1000"]
+    child = subprocess.Popen([*args, *LONG], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: steps_logged(tmp_path / "lightning_logs") or child.poll() is not None)
+    child.send_signal(signal.SIGUSR1)
+    try:
+        output = child.communicate(timeout=120)[0]
+    finally:
+        if child.poll() is None:  # it did not stop: do not leave it training
+            child.kill()
+    assert child.returncode == 128 + signal.SIGUSR1, output[-2000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=False)  # what a requeued job restores
+    last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    step = hpc["global_step"]
+    assert step > 0 and last["global_step"] == step and hpc["loops"] == last["loops"]
+    # The requeued job runs the same command; Lightning finds the hpc checkpoint by itself.
+    requeued = subprocess.run([*args, "--trainer.max_steps", str(step + 2)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert requeued.returncode == 0 and "hpc_ckpt_1.ckpt" in requeued.stderr, requeued.stderr[-2000:]
+    steps = [s for s, _ in read_scalars(str(tmp_path / "lightning_logs" / "version_1"))["train/loss"]]
+    assert steps == [step, step + 1]  # continues where it stopped, no step logged twice or skipped
