@@ -87,12 +87,12 @@ def as_saved_at_batch_end(checkpoint: dict[str, Any], accumulate_grad_batches: i
 
     Lightning resumes exactly from the state ModelCheckpoint saves in ``on_train_batch_end`` (the batch not
     yet counted completed, ``_batches_that_stepped`` not yet incremented): it finishes that bookkeeping on
-    load. A checkpoint written once the step is fully counted (at the end of ``fit``, or when a signal
-    stops it before the next step begins) has all four batch counters equal (once the next batch's
-    fetch is undone), which Lightning reads as "saved at the end
-    of validation, before the step was counted": it counts the step a second time, so every later logged
-    step is one too high and validation runs one step early. Rolling the counters back one step gives the
-    single form that resumes identically, whichever callback wrote the file.
+    load. A checkpoint written once the step is fully counted (at the end of ``fit``, or when a signal stops
+    it before the next step begins) has all four batch counters equal, once the next batch's fetch is
+    undone. Lightning reads that as "saved at the end of validation, before the step was counted" and, when
+    the step was a validation step, counts it a second time: every later logged step is one too high and
+    validation runs one step early. Rolling the counters back one step gives the single form that resumes
+    identically, whichever callback wrote the file.
     """
     loop = checkpoint.get("loops", {}).get("fit_loop")
     if not loop:
