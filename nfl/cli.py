@@ -1,7 +1,8 @@
 """``python -m nfl fit|validate|test|predict --config FILE``: LightningCLI wiring of data, backbone and objective.
 
-The task's size (degree, path_len, num_nodes) and encoding (reverse) are set once, on the data module, and
-linked into the system, which builds the backbone for that vocabulary and sequence length.
+The graph task (``data.init_args.task``, or path-star's shorthand options on ``PathStarDataModule``) and its
+encoding (``reverse``) are set once, on the data module, and linked into the system, which builds the backbone
+for the task's vocabulary and sequence length.
 """
 
 from __future__ import annotations
@@ -14,21 +15,21 @@ from typing import Optional
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from nfl.callbacks import KeepLastCheckpoint
-from nfl.data.datamodule import PathStarDataModule
+from nfl.data.datamodule import TaskDataModule
 from nfl.errors import UserInputError
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
-from nfl.system import PathStarSystem
+from nfl.system import GraphSystem
 
-LINKED = ("degree", "path_len", "num_nodes", "reverse")
+LINKED = ("task", "reverse")  # data module attributes the system is built with
 
 
 class NFLCLI(LightningCLI):
     """LightningCLI with the data -> model links and an optional test run right after ``fit``."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        for name in LINKED:
-            parser.link_arguments(f"data.init_args.{name}", f"model.{name}")
+        for name in LINKED:  # from the instantiated data module, whichever class it is
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -72,8 +73,8 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train_eval)/")
     try:
         return NFLCLI(
-            PathStarSystem,
-            PathStarDataModule,
+            GraphSystem,
+            TaskDataModule,
             subclass_mode_data=True,
             trainer_defaults=trainer_defaults(),
             save_config_kwargs={"overwrite": True},

@@ -1,0 +1,6 @@
+"""Graph tasks: the contract (:class:`GraphTask`) and the tasks nfl ships, each chosen by ``class_path``."""
+
+from nfl.tasks.base import DataFileError, GraphTask, InfeasibleGraphError
+from nfl.tasks.path_star import PathStar
+
+__all__ = ["DataFileError", "GraphTask", "InfeasibleGraphError", "PathStar"]
