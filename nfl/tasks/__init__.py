@@ -2,5 +2,6 @@
 
 from nfl.tasks.base import DataFileError, GraphTask, InfeasibleGraphError
 from nfl.tasks.path_star import PathStar
+from nfl.tasks.tree_star import TreeStar
 
-__all__ = ["DataFileError", "GraphTask", "InfeasibleGraphError", "PathStar"]
+__all__ = ["DataFileError", "GraphTask", "InfeasibleGraphError", "PathStar", "TreeStar"]
