@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from nfl.cli import NFLCLI
+from nfl.cli import NFLCLI, user_error
 from nfl.data.datamodule import TaskDataModule
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise
@@ -78,10 +78,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense TFLOP/s (H100 bf16: 989)")
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --data.init_args.batch_size=64")
     args = parser.parse_args(argv)
+    for name in ("steps", "eval_graphs", "repeats"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.", file=sys.stderr)
+            return 2
     keep_freed_memory()  # as python -m nfl does
     silence_dependency_noise()
 
-    system, data = build(args.config, args.overrides)
+    try:
+        system, data = build(args.config, args.overrides)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print("error: " + " ".join(str(cause).split()), file=sys.stderr)
+        return 2
     task, device = system.task, torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)

@@ -12,11 +12,13 @@ import sys
 import warnings
 from typing import Optional
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from nfl.callbacks import KeepLastCheckpoint
+from nfl.config_checks import check_run_config, check_writable, check_yaml_syntax, locate, os_error_line
 from nfl.data.datamodule import TaskDataModule
-from nfl.errors import UserInputError
+from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
 from nfl.system import GraphSystem
@@ -41,6 +43,14 @@ class NFLCLI(LightningCLI):
         silence_evaluation_noise()
 
     before_test = before_predict = before_validate
+
+    def before_instantiate_classes(self) -> None:
+        check_run_config(self.config[self.subcommand] if self.subcommand else self.config, self.subcommand)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self.subcommand:
+            check_writable(self.trainer)
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -72,27 +82,36 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
     # sync_dist, which would only average identical values again.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train_eval)/")
     try:
+        check_yaml_syntax(sys.argv[1:] if args is None else args)
         return NFLCLI(
             GraphSystem,
             TaskDataModule,
             subclass_mode_data=True,
             trainer_defaults=trainer_defaults(),
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "python -m nfl"},
             args=args,
         )
     except Exception as err:
         cause = user_error(err)
         if cause is None:
             raise
-        sys.exit(f"error: {cause}")
+        sys.exit("error: " + " ".join(str(cause).split()))  # one line, whatever the message
 
 
 def user_error(err: BaseException) -> Optional[UserInputError]:
-    """The :class:`UserInputError` behind ``err`` (jsonargparse and Lightning wrap them), if any."""
+    """The :class:`UserInputError` behind ``err`` (jsonargparse and Lightning wrap them), if any; Lightning's own
+    complaints about a trainer value, and permission or read-only-filesystem errors, count as one."""
     seen = set()
     while err is not None and id(err) not in seen:
+        if isinstance(err, OptionError):
+            return locate(err)
         if isinstance(err, UserInputError):
             return err
+        if isinstance(err, MisconfigurationException):
+            return UserInputError(str(err))
+        if isinstance(err, OSError) and os_error_line(err):
+            return UserInputError(os_error_line(err))
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

@@ -25,6 +25,7 @@ import sys
 from collections import defaultdict
 from typing import Optional, Sequence
 
+from nfl.errors import UserInputError
 from nfl.sweep import DONE
 
 # (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
@@ -90,6 +91,17 @@ def verdict(exact: float, decision: float, chance: float) -> str:
     if decision < chance - 0.05:
         return "below chance: not learned"
     return "at chance"
+
+
+def check_runs(runs: list[dict]) -> None:
+    """Refuse runs the report cannot describe: no test metrics (for the table) or no validation (for the plots)."""
+    for tags, what, fix in (
+        (("test/exact_match", "test/chance"), "test metrics", "give them test_after_fit: true"),
+        (("val/chance",), "validation metrics", "set trainer.val_check_interval to at most trainer.max_steps"),
+    ):
+        missing = [r["run"] for r in runs if not all(t in r["scalars"] for t in tags)]
+        if missing:
+            raise UserInputError(f"runs without {what}: {', '.join(missing)}; {fix} and re-run them.")
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -194,10 +206,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not runs:
         print(f"error: no finished runs ({DONE}) under {args.sweep}; run python -m nfl.sweep first.", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
     try:
+        check_runs(runs)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UserInputError(f"--out {args.out} is a file; give a folder for the report.")
+        os.makedirs(args.out, exist_ok=True)
         rows = summarise(runs)
-    except ValueError as err:
+    except (UserInputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     columns = list(dict.fromkeys(c for run in runs for c in run["columns"]))

@@ -24,7 +24,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from nfl.data.codec import EncodedBatch, NumeralCodec
-from nfl.errors import UserInputError
+from nfl.errors import UserInputError, above, at_least, in_range, require
 from nfl.metrics import AnswerMetrics, read_answers
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, target_cross_entropy
@@ -75,6 +75,19 @@ class GraphSystem(pl.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        me = type(self)
+        above(me, "lr", lr, 0.0, "the peak learning rate, e.g. 5e-4")
+        at_least(me, "weight_decay", weight_decay, 0.0, "0 turns decay off")
+        require(len(betas) == 2, me, "betas", betas, "give two AdamW betas, e.g. [0.9, 0.95]")
+        for i, beta in enumerate(betas):
+            in_range(me, f"betas[{i}]", beta, 0.0, 1.0, high_open=True, advice="AdamW betas are e.g. [0.9, 0.95]")
+        at_least(me, "warmup_steps", warmup_steps, 0, "0 turns warmup off")
+        at_least(
+            me, "decay_steps", decay_steps, warmup_steps,
+            f"the cosine starts after warmup_steps={warmup_steps}; set decay_steps to the step where it should "
+            "reach min_lr_ratio * lr, or null for trainer.max_steps",
+        )
+        in_range(me, "min_lr_ratio", min_lr_ratio, 0.0, 1.0, advice="the floor of the cosine, as a fraction of lr")
         with warnings.catch_warnings():
             # Saved on purpose: load_from_checkpoint rebuilds the injected objective from its hyperparameters.
             warnings.filterwarnings("ignore", message=r"Attribute 'objective' is an instance of `nn.Module`")
@@ -202,6 +215,11 @@ class GraphSystem(pl.LightningModule):
         decay_steps = h.decay_steps if h.decay_steps is not None else max(self.trainer.max_steps, 0)
         if decay_steps <= 0 and h.warmup_steps == 0:
             return optimizer
+        if h.decay_steps is None and 0 < decay_steps < h.warmup_steps:
+            log.warning(
+                "model.warmup_steps=%d is more than trainer.max_steps=%d: the learning rate never reaches model.lr.",
+                h.warmup_steps, decay_steps,
+            )
         schedule = functools.partial(
             warmup_cosine, warmup_steps=h.warmup_steps, decay_steps=decay_steps, min_ratio=h.min_lr_ratio
         )

@@ -113,7 +113,9 @@ def test_bad_sizes_are_refused_at_construction():
         PathStarDataModule(degree=5, path_len=11, num_nodes=50)
     with pytest.raises(ValueError, match="batch_size"):
         PathStarDataModule(batch_size=0)
-    dm = PathStarDataModule(batch_size=64, n_train=10, n_test=4)
+    with pytest.raises(ValueError, match="n_train=10: fewer graphs than one batch .* raise n_train"):
+        PathStarDataModule(batch_size=64, n_train=10, n_test=4)  # refused before any graph is drawn
+    dm = PathStarDataModule(batch_size=8, n_train=10, n_test=4)
     dm.setup("fit")
-    with pytest.raises(ValueError, match="n_train=10 .* raise n_train"):
-        dm.train_batches()
+    with pytest.raises(ValueError, match="10 training graphs cannot fill one batch of 8 on each of 2 rank"):
+        TrainBatches(dm.task, 8, 0, world_size=2, graphs=dm.train_graphs)  # one batch per rank is 16 graphs

@@ -66,5 +66,5 @@ def test_cached_and_uncached_greedy_decoding_agree(gpt):
 def test_too_long_inputs_and_bad_heads_are_refused(gpt):
     with pytest.raises(ValueError, match="exceeds max_seq_len=31"):
         gpt(torch.zeros(1, 32, dtype=torch.long))
-    with pytest.raises(ValueError, match="n_head=5 must divide d_model=32"):
+    with pytest.raises(ValueError, match="n_head=5: must divide d_model=32"):
         GPT(54, 31, n_layer=1, d_model=32, n_head=5)

@@ -96,7 +96,7 @@ def test_dummy_token_must_be_a_single_token(hf_folders, task):
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path, hf_folders):
-    with pytest.raises(UserInputError, match="There is no folder .*nowhere"):
+    with pytest.raises(UserInputError, match="model=.*nowhere: there is no such folder"):
         HFCausalLM(0, 0, str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserInputError, match="Could not load a tokenizer from .*empty"):

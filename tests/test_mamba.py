@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nfl.decoding import greedy_decode
+from nfl.errors import UserInputError
 from nfl.models.mamba import Mamba
 from nfl.models.selective_scan import selective_scan, selective_scan_ref
 from nfl.system import PathStarSystem
@@ -160,7 +161,7 @@ def test_cpu_path_never_imports_mamba_ssm():
 
 @pytest.mark.skipif(HAS_MAMBA_SSM, reason="mamba-ssm is installed")
 def test_asking_for_kernels_without_mamba_ssm_names_the_extra():
-    with pytest.raises(ImportError, match=r"pip install nfl\[mamba\]"):
+    with pytest.raises(UserInputError, match=r"kernels=cuda: needs the mamba-ssm CUDA kernels \(pip install nfl\[mamba\]\)"):
         Mamba(54, 31, n_layer=1, d_model=16, kernels="cuda")
 
 

@@ -65,20 +65,22 @@ def task_of(args: argparse.Namespace) -> GraphTask:
 
 def generate(task: GraphTask, n: int, seed: int, out: str, exclude: Optional[str] = None) -> None:
     """Write ``n`` graphs of ``task`` drawn from ``seed`` to ``out``, outside the graphs of ``exclude``."""
-    excluded = np.unique(task.graph_keys(task.read_file(exclude)[0])) if exclude else None
     if os.path.isdir(out):
-        raise UserInputError(f"--out {out} is a folder; give a file name.")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        raise UserInputError(f"--out {out} is a folder; give the path of the file to write.")
+    if exclude and not os.path.isfile(exclude):
+        raise UserInputError(f"--exclude {exclude}: no such file; give an existing data file (e.g. the test set).")
+    excluded = np.unique(task.graph_keys(task.read_file(exclude)[0])) if exclude else None
     rng = np.random.default_rng(seed)
     from nfl.tasks.text import format_text
 
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "wb") as f:
             for start in range(0, n, CHUNK):
                 prefix, target = task.sample_excluding(rng, min(CHUNK, n - start), excluded)
                 f.write(format_text(task, prefix, target))
     except OSError as err:
-        raise UserInputError(f"cannot write --out {out}: {err.strerror}.") from None
+        raise UserInputError(f"--out {out}: cannot write it ({err.strerror}); choose a writable path.") from None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -86,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.n < 1:
             raise UserInputError(f"--n must be >= 1, got {args.n}.")
+        if args.seed < 0:
+            raise UserInputError(f"--seed must be >= 0, got {args.seed}.")
         task = task_of(args)
         generate(task, args.n, args.seed, args.out, args.exclude)
     except UserInputError as err:
@@ -94,6 +98,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"wrote {args.n} graphs of {task.describe()} to {args.out}")
     return 0
 
+
+def write_graphs(args: argparse.Namespace) -> None:
+    """Check every argument, then generate and write; a bad argument raises :class:`UserInputError`."""
+    task = PathStarTask(args.degree, args.path_len, args.num_nodes)
+    if args.n < 1:
+        raise UserInputError(f"--n must be >= 1, got {args.n}.")
+    if args.seed < 0:
+        raise UserInputError(f"--seed must be >= 0, got {args.seed}.")
+    if os.path.isdir(args.out):
+        raise UserInputError(f"--out {args.out} is a folder; give the path of the file to write.")
+    if args.exclude and not os.path.isfile(args.exclude):
+        raise UserInputError(f"--exclude {args.exclude}: no such file; give an existing data file (e.g. the test set).")
+    excluded = np.unique(graph_keys(read_file(args.exclude, task)[0], task)) if args.exclude else None
+    prefix, target = sample_excluding(np.random.default_rng(args.seed), args.n, task, excluded)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        write_file(args.out, prefix, target, task)
+    except OSError as err:
+        raise UserInputError(f"--out {args.out}: cannot write it ({err.strerror}); choose a writable path.") from None
+    print(f"wrote {args.n} graphs of G({args.degree},{args.path_len},{args.num_nodes}) to {args.out}")
 
 if __name__ == "__main__":
     sys.exit(main())

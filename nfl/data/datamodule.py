@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from typing import Any, Callable, Iterator, Optional
 
 import lightning.pytorch as pl
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from nfl.errors import UserInputError, at_least, require
 from nfl.tasks.base import GraphTask
 from nfl.tasks.path_star import PathStar
 
@@ -82,9 +84,9 @@ class TrainBatches(IterableDataset):
         if graphs is not None:
             self.batches_per_epoch = len(graphs[1]) // (batch_size * world_size)
             if self.batches_per_epoch == 0:
-                raise ValueError(
-                    f"n_train={len(graphs[1])} graphs cannot fill one batch of {batch_size} on each of "
-                    f"{world_size} rank(s); raise n_train or lower batch_size."
+                raise UserInputError(
+                    f"{len(graphs[1])} training graphs cannot fill one batch of {batch_size} on each of "
+                    f"{world_size} rank(s); raise n_train (or use a bigger train_file) or lower batch_size."
                 )
 
     def batch(self, b: int) -> Batch:
@@ -183,12 +185,35 @@ class TaskDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        me = type(self)
         self.task = task
-        for name, value in (("batch_size", batch_size), ("n_test", n_test)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
-        if n_train is not None and n_train < 1:
-            raise ValueError(f"n_train must be >= 1 or null (stream), got {n_train}.")
+        at_least(me, "batch_size", batch_size, 1)
+        at_least(me, "eval_batch_size", eval_batch_size, 1, "or null for batch_size")
+        at_least(me, "n_test", n_test, 1)
+        at_least(me, "n_train_eval", n_train_eval, 0, "0 turns the training sample off")
+        at_least(me, "seed", seed, 0)
+        at_least(me, "test_seed", test_seed, 0)
+        at_least(me, "num_workers", num_workers, 0)
+        require(
+            n_train is None or train_file is None, me, "n_train", n_train,
+            f"train_file={train_file} already sets the training set (all of its lines); set n_train: null, or "
+            "cut the file to the size you want",
+        )
+        require(
+            n_train is None or n_train >= batch_size, me, "n_train", n_train,
+            f"fewer graphs than one batch (batch_size={batch_size}); raise n_train to at least {batch_size}, lower "
+            "batch_size, or set n_train: null to stream fresh graphs",
+        )
+        at_least(me, "n_val", n_val, 1, "or null for the whole held-out set")
+        require(
+            n_val is None or test_file is not None or n_val <= n_test, me, "n_val", n_val,
+            f"more than the n_test={n_test} held-out graphs; lower n_val or raise n_test",
+        )
+        for name, path in (("train_file", train_file), ("test_file", test_file)):
+            require(
+                path is None or os.path.isfile(path), me, name, path,
+                "no such file; give a data file in the task's text format (python -m nfl.data generate writes one)",
+            )
         self.reverse, self.batch_size = reverse, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.n_train, self.n_test, self.n_val, self.n_train_eval = n_train, n_test, n_val, n_train_eval
@@ -224,8 +249,15 @@ class TaskDataModule(pl.LightningDataModule):
         if self._excluded is None:
             return graphs
         keep = ~np.isin(self.task.graph_keys(graphs[0]), self._excluded)
-        if not keep.all():
-            log.warning("%s: dropped %d training graphs that are in the held-out set.", source, (~keep).sum())
+        dropped = int((~keep).sum())
+        if keep.sum() < self.batch_size:
+            raise UserInputError(
+                f"{source}: {dropped} of its {len(keep)} graphs are in the held-out set (exclude_test: true), "
+                f"leaving {int(keep.sum())}, less than one batch of {self.batch_size}; use a training file disjoint "
+                "from the test set (python -m nfl.data generate --exclude TEST_FILE), or set exclude_test: false."
+            )
+        if dropped:
+            log.warning("%s: dropped %d training graphs that are in the held-out set.", source, dropped)
         return graphs[0][keep], graphs[1][keep]
 
     def _rank(self) -> tuple[int, int]:
@@ -312,6 +344,8 @@ class PathStarDataModule(TaskDataModule):
         test_file: Optional[str] = None,
         num_workers: int = 0,
     ) -> None:
+        at_least(type(self), "degree", degree, 1)
+        at_least(type(self), "path_len", path_len, 2, "start and goal are distinct nodes")
         super().__init__(
             PathStar(degree, path_len, num_nodes), reverse, batch_size, eval_batch_size, n_train, n_test, n_val,
             n_train_eval, seed, test_seed, exclude_test, train_file, test_file, num_workers,

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfl.errors import at_least, in_range, require
 from nfl.models.base import Backbone
 
 
@@ -114,8 +115,17 @@ class GPT(Backbone):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if d_model % n_head:
-            raise ValueError(f"GPT: n_head={n_head} must divide d_model={d_model}.")
+        me = type(self)
+        at_least(me, "n_layer", n_layer, 0)
+        at_least(me, "d_model", d_model, 1)
+        at_least(me, "n_head", n_head, 1)
+        divisors = [h for h in range(1, min(d_model, 64) + 1) if d_model % h == 0]
+        require(
+            d_model % n_head == 0, me, "n_head", n_head,
+            f"must divide d_model={d_model} (each head gets d_model / n_head channels); use one of {divisors}, or "
+            "change d_model",
+        )
+        in_range(me, "dropout", dropout, 0.0, 1.0, high_open=True)
         self.vocab_size, self.max_seq_len, self.d_model = vocab_size, max_seq_len, d_model
         self.n_layer, self.n_head = n_layer, n_head
         self.tok_emb = nn.Embedding(vocab_size, d_model)

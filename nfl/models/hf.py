@@ -13,6 +13,7 @@ hidden states do not depend on what it was batched with. Nothing downloads at im
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import os
@@ -22,13 +23,14 @@ from typing import Any, Literal, Optional
 import torch
 
 from nfl.data.codec import TextCodec
+from nfl.errors import OptionError, UserInputError, require
 from nfl.tasks.base import GraphTask
-from nfl.errors import UserInputError
 from nfl.models.base import Backbone
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_HUB_TIMEOUT_S = 10.0  # seconds for the one request that checks a hub name is reachable
 
 
 def _transformers() -> Any:
@@ -39,6 +41,56 @@ def _transformers() -> Any:
             "nfl.models.HFCausalLM needs the transformers package: pip install 'nfl[hf]' (or transformers)."
         ) from err
     return transformers
+
+
+def _from_pretrained(auto: Any, name: str, revision: Optional[str], option: str, **kwargs: Any) -> Any:
+    """``auto.from_pretrained(name)`` from a local folder or the cache when it can, asking the hub only if not.
+
+    A name that is neither a folder nor cached is checked with one quick request first, so an unreachable hub
+    (offline, a firewall) ends in one line within seconds instead of a minute of retries.
+    """
+    try:
+        return auto.from_pretrained(name, revision=revision, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        if os.path.isdir(os.path.expanduser(name)):
+            raise  # a local folder that does not hold a model: its own message says what is missing
+    _check_hub(name, revision, option)
+    return auto.from_pretrained(name, revision=revision, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_hub(name: str, revision: Optional[str], option: str) -> None:
+    """Raise a one-line :class:`OptionError` unless the hub can be reached and has ``name`` (at ``revision``)."""
+    import huggingface_hub
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    not_here = "is neither a local folder nor in the local Hugging Face cache"
+    # The hub client reads HF_HUB_OFFLINE once, at import; the environment says what the user asks for now.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+    if offline or huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise OptionError(
+            HFCausalLM, option, name,
+            f"{not_here}, and HF_HUB_OFFLINE is set; download it once with the hub reachable, or give a folder "
+            "written by save_pretrained",
+        )
+    try:  # one request, no retries (downloads retry for about a minute before giving up)
+        huggingface_hub.HfApi().model_info(name, revision=revision, timeout=_HUB_TIMEOUT_S)
+    except RevisionNotFoundError:
+        raise OptionError(
+            HFCausalLM, "revision", revision, f"the hub has no revision {revision!r} of {name!r}"
+        ) from None
+    except RepositoryNotFoundError:
+        raise OptionError(
+            HFCausalLM, option, name, f"{not_here}, and the hub has no such model (or it is private: log in first)"
+        ) from None
+    except huggingface_hub.errors.HfHubHTTPError:
+        return  # the hub answered (e.g. a gated model): from_pretrained gives the precise reason
+    except Exception as err:  # noqa: BLE001  a connection error of whichever HTTP library the hub client uses
+        raise OptionError(
+            HFCausalLM, option, name,
+            f"{not_here}, and the hub cannot be reached ({type(err).__name__}); connect to the network, set "
+            "HF_ENDPOINT to a mirror, or give a folder written by save_pretrained",
+        ) from None
 
 
 @dataclass
@@ -55,8 +107,9 @@ class HFCausalLM(Backbone):
     Args:
         vocab_size, max_seq_len: linked from the data for nfl's own backbones; unused here (the model and
             its tokenizer bring their own).
-        model: a hub name (``gpt2``, ``EleutherAI/pythia-410m``; downloaded on first use) or a local folder
-            written by ``save_pretrained``.
+        model: a hub name (``gpt2``, ``EleutherAI/pythia-410m``; downloaded on first use, then loaded from the
+            local cache without asking the hub: pin ``revision`` for an exact version) or a local folder written
+            by ``save_pretrained``.
         tokenizer: where to load the tokenizer from; default the same as ``model``.
         dummy_token: the teacherless dummy, a string the tokenizer encodes as one token (the reference code
             uses ``$``).
@@ -82,17 +135,25 @@ class HFCausalLM(Backbone):
         super().__init__()
         transformers = _transformers()
         source = tokenizer or model
-        for where in {model, source}:
-            if where.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(where)):
-                raise UserInputError(
-                    f"There is no folder {where!r}. Give a folder written by save_pretrained, or a hub name."
-                )
+        for option, where in (("model", model), ("tokenizer", source)):
+            require(
+                not where.startswith(("/", ".", "~")) or os.path.isdir(os.path.expanduser(where)), type(self),
+                option, where, "there is no such folder; give a folder written by save_pretrained, or a hub name",
+            )
         try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, revision=revision)
+            self.tokenizer = _from_pretrained(
+                transformers.AutoTokenizer, source, revision, "model" if tokenizer is None else "tokenizer"
+            )
+        except OptionError:
+            raise
         except (OSError, ValueError) as err:
             raise UserInputError(f"Could not load a tokenizer from {source!r}: {err}") from err
         try:
-            self.lm = transformers.AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=_DTYPES[dtype])
+            self.lm = _from_pretrained(
+                transformers.AutoModelForCausalLM, model, revision, "model", dtype=_DTYPES[dtype]
+            )
+        except OptionError:
+            raise
         except (OSError, ValueError) as err:
             raise UserInputError(
                 f"Could not load a causal LM from {model!r}: {err}. Give a hub name (downloaded on first use) or "

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfl.errors import above, at_least, require
 from nfl.models.base import Backbone
 from nfl.models.selective_scan import selective_scan, selective_scan_ref
 
@@ -191,8 +192,20 @@ class Mamba(Backbone):
         scan: ScanChoice = "stepwise",
     ) -> None:
         super().__init__()
-        if kernels == "cuda":
-            require_cuda_kernels()  # fail at construction, not at the first batch
+        me = type(self)
+        at_least(me, "n_layer", n_layer, 0)
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
+            at_least(me, name, value, 1)
+        require(
+            dt_rank == "auto" or dt_rank >= 1, me, "dt_rank", dt_rank, 'must be >= 1 or "auto" (ceil(d_model / 16))'
+        )
+        above(me, "dt_min", dt_min, 0.0, "the smallest initial step size, e.g. 0.001")
+        at_least(me, "dt_max", dt_max, dt_min, f"the largest initial step size, at least dt_min={dt_min}")
+        above(me, "dt_init_floor", dt_init_floor, 0.0, "e.g. 1e-4")
+        require(  # fail at construction, not at the first batch
+            kernels != "cuda" or _cuda_selective_scan() is not None, me, "kernels", kernels,
+            f"needs the mamba-ssm CUDA kernels ({MAMBA_EXTRA}); use kernels: auto or torch without them",
+        )
         self.vocab_size, self.max_seq_len, self.d_model = vocab_size, max_seq_len, d_model
         self.n_layer, self.kernels, self.scan = n_layer, kernels, scan
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank

@@ -35,7 +35,7 @@ from torchmetrics import Metric
 
 from nfl.tasks.base import GraphTask
 from nfl.decoding import continue_greedy, continue_speculative, greedy_decode, speculative_greedy_decode
-from nfl.errors import UserInputError
+from nfl.errors import OptionError, at_least, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import (
     Objective,
@@ -89,12 +89,20 @@ class MultiTokenHeads(Objective):
         speculative: bool = False,
     ) -> None:
         super().__init__()
-        if k < 1:
-            raise UserInputError(f"MultiTokenHeads: k must be >= 1, got {k}.")
-        if head_weights is not None and len(head_weights) != k:
-            raise UserInputError(f"MultiTokenHeads: head_weights has {len(head_weights)} entries, k is {k}.")
-        if reduction not in ("sum", "mean"):
-            raise UserInputError(f"MultiTokenHeads: reduction must be 'sum' or 'mean', got {reduction!r}.")
+        me = type(self)
+        at_least(me, "k", k, 1, "k = 1 is plain teacher forcing")
+        require(reduction in ("sum", "mean"), me, "reduction", reduction, "must be sum or mean")
+        if head_weights is not None:
+            require(
+                len(head_weights) == k, me, "head_weights", head_weights,
+                f"give one weight per head, {k} for k={k} (or null for all 1)",
+            )
+            for i, w in enumerate(head_weights):
+                at_least(me, f"head_weights[{i}]", w, 0.0, "a loss weight")
+            require(
+                reduction != "mean" or sum(head_weights) > 0, me, "head_weights", head_weights,
+                "reduction mean divides by the sum of the weights, so at least one must be positive",
+            )
         self.k, self.reduction, self.speculative = k, reduction, speculative
         self.head_weights = [1.0] * k if head_weights is None else [float(w) for w in head_weights]
 
@@ -103,9 +111,10 @@ class MultiTokenHeads(Objective):
     ) -> None:
         super().bind(task, backbone, dummy, stop)
         if self.k > task.target_len:
-            raise UserInputError(
-                f"MultiTokenHeads: k={self.k} exceeds the answer length {task.target_len}; head j needs an answer "
-                f"token j steps past '=', so k can be at most path_len (the answer length, {task.target_len})."
+            raise OptionError(
+                type(self), "k", self.k,
+                f"exceeds the answer length {task.target_len}; head j needs an answer token j steps past '=', so k "
+                "can be at most path_len (the answer length)",
             )
         dtype = next(backbone.parameters()).dtype  # a pretrained backbone may hold bf16 weights
         self.heads = nn.ModuleList(LookaheadHead(backbone.d_model) for _ in range(self.k - 1)).to(dtype)  # heads 2..k
