@@ -75,6 +75,7 @@ from typing import Literal
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
+from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
 _CELLS = 1 << 22  # chunk * V * V: candidate graphs built at once (bounds memory: a few (chunk, V, V) arrays)
 
@@ -188,64 +189,85 @@ class DagSearch(GraphTask):
         )
 
     def _draw(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
-        """``m`` candidate graphs; the accepted ones as label arrays (edges, query, paths, lengths)."""
-        build = {"naive": self._naive, "balanced": self._balanced, "star": self._star}[self.distribution]
-        adj, start, goal = build(rng, m)
-        dist, count = bfs(adj, start)
-        rows = np.arange(m)
-        depth = dist[rows, goal]  # edges on a shortest path, -1 if unreachable
-        edges = adj.sum(axis=(1, 2))
+        """``m`` candidate graphs; the accepted ones as label arrays (edges, query, paths, lengths).
+
+        Graphs are edge lists ``(src, dst)`` (rows, slots) in vertex indices, ``V`` (a dummy vertex) in unused
+        slots; the search runs layer by layer over the edge slots, so no step costs ``V * V`` per graph."""
+        V, E, P = self.max_vertices, self.max_edges, self.max_path_len
+        build = {"naive": self._naive_edges, "balanced": self._balanced_edges, "star": self._star_edges}[self.distribution]
+        src, dst, start, goal = build(rng, m, rejected)
+        k = len(src)
+        edges = (src < V).sum(1)
+        fits = edges <= E
+        rejected["edges"] += int(k - fits.sum())
+        if not fits.all():
+            src, dst, start, goal = src[fits], dst[fits], start[fits], goal[fits]
+        depth, dist, count = _edge_bfs(src, dst, start, goal, V)
         reach = depth >= 1
-        short = depth + 1 <= self.max_path_len
-        fits = edges <= self.max_edges
-        rejected["edges"] += int((~fits).sum())
-        rejected["path"] += int((fits & reach & ~short).sum())
-        rejected["unreachable"] += int((fits & ~reach).sum())
-        keep = reach & short & fits
-        adj, start, goal, dist, count, depth = adj[keep], start[keep], goal[keep], dist[keep], count[keep], depth[keep]
-        k, V, E = len(adj), self.max_vertices, self.max_edges
+        short = reach & (depth + 1 <= P)
+        rejected["path"] += int((reach & ~short).sum())
+        rejected["unreachable"] += int((~reach).sum())
+        if not short.all():
+            src, dst, start, goal = src[short], dst[short], start[short], goal[short]
+            dist, count, depth = dist[short], count[short], depth[short]
+        k = len(src)
+        path = _backtrack(rng, src, dst, dist, count, goal, depth, P, V)
 
-        path = sample_shortest_paths(rng, adj, dist, count, goal, depth, self.max_path_len)
-        labels = rng.permuted(np.broadcast_to(np.arange(self.num_nodes, dtype=np.int64), (k, self.num_nodes)), axis=1)
-        labels = labels[:, :V]
-
-        flat = adj.reshape(k, V * V)
-        if V * V < E:
-            flat = np.concatenate([flat, np.zeros((k, E - V * V), dtype=bool)], axis=1)
-        keys = np.where(flat, rng.random(flat.shape), 2.0)  # edges: uniform keys (a uniform order); others last
-        if flat.shape[1] > E:  # the E smallest keys hold every edge (a row has at most E)
-            sel = np.argpartition(keys, E - 1, axis=1)[:, :E]
-        else:
-            sel = np.broadcast_to(np.arange(E), (k, E))
-        sk = np.take_along_axis(keys, sel, axis=1)
-        sel = np.take_along_axis(sel, np.argsort(np.where(sk > 1.0, -1.0, sk), axis=1), axis=1)  # unused slots first
-        present = np.take_along_axis(flat, sel, axis=1)
-        src, dst = np.minimum(sel // V, V - 1), sel % V
-        parents = np.where(present, np.take_along_axis(labels, src, axis=1), self.pad)
-        children = np.where(present, np.take_along_axis(labels, dst, axis=1), self.pad)
+        labels = np.empty((k, V + 1), dtype=label_dtype(self.num_nodes))  # column V: the dummy, pad
+        labels[:, :V] = random_injection(rng, k, self.num_nodes, V, labels.dtype)
+        labels[:, V] = self.pad
+        # The edges to the last slots (unused slots first), then a uniform order of them.
+        present = src < V
+        count_e = present.sum(1)
+        code = np.full((k, E), V * (V + 1) + V, dtype=np.int64)  # src * (V + 1) + dst; the dummy edge
+        if k:
+            slot = (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1
+            rows = np.broadcast_to(np.arange(k)[:, None], present.shape)
+            code[rows[present], slot[present]] = (src * (V + 1) + dst)[present]
+        shuffle_suffix(rng, code, E - count_e)
         rk = np.arange(k)
+        parents = np.take_along_axis(labels, code // (V + 1), axis=1)
+        children = np.take_along_axis(labels, code % (V + 1), axis=1)
         return (
             parents, children, labels[rk, start], labels[rk, goal],
             np.take_along_axis(labels, path, axis=1), depth + 1,
         )
 
     # --- the three distributions (vertex indices; labels come later) --------------------------------
-    def _naive(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        V = self.max_vertices
+    def _naive_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
+        """Naive graphs as edge lists: vertex ``i`` gets ``min(k, i)`` parents, ``V`` slots of three. A graph
+        whose goal comes before its start in the vertex order cannot reach it and is dropped before its
+        parents are drawn (they are independent of the rest), as is one with too many edges."""
+        V, E = self.max_vertices, self.max_edges
         n = rng.integers(3, V + 1, size=m)
         i = np.arange(V)
         k = np.where(rng.random((m, V)) < 0.5, 1, rng.integers(1, 4, size=(m, V)))
-        k = np.minimum(k, i[None, :])  # parents of vertex i (vertex 0 has none)
-        keys = np.where(i[None, None, :] < i[None, :, None], rng.random((m, V, V)), np.inf)  # keys[b, child, parent]
-        kth = np.take_along_axis(np.sort(keys, axis=2), np.maximum(k - 1, 0)[:, :, None], axis=2)
-        chosen = (keys <= kth) & (k[:, :, None] > 0) & (i[None, :, None] < n[:, None, None])
-        adj = np.ascontiguousarray(chosen.transpose(0, 2, 1))  # adj[b, parent, child]
+        k = np.where(i[None, :] < n[:, None], np.minimum(k, i[None, :]), 0)  # parents of vertex i (vertex 0: none)
         start = (rng.random(m) * n).astype(np.int64)
         goal = (rng.random(m) * (n - 1)).astype(np.int64)
         goal += goal >= start
-        return adj, start, goal
+        fits = k.sum(1) <= E
+        keep = fits & (start < goal)  # parents come first in the vertex order: a later start cannot reach
+        rejected["edges"] += int((~fits).sum())
+        rejected["unreachable"] += int((fits & ~keep).sum())
+        k, start, goal = k[keep], start[keep], goal[keep]
+        b = len(k)
+        # Up to three distinct parents of each vertex, uniform without replacement from 0..i-1.
+        u = rng.random((3, b, V))
+        r1 = (u[0] * i).astype(np.int64)
+        r2 = (u[1] * np.maximum(i - 1, 1)).astype(np.int64)
+        r2 += r2 >= r1
+        r3 = (u[2] * np.maximum(i - 2, 1)).astype(np.int64)
+        lo, hi = np.minimum(r1, r2), np.maximum(r1, r2)
+        r3 += r3 >= lo
+        r3 += r3 >= hi
+        src = np.stack([r1, r2, r3], axis=2)  # (b, V, 3)
+        present = np.arange(3)[None, None, :] < k[:, :, None]
+        src = np.where(present, src, V).reshape(b, 3 * V)
+        dst = np.where(present, i[None, :, None], V).reshape(b, 3 * V)
+        return src, dst, start, goal
 
-    def _star(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _star_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         V = self.max_vertices
         pairs = np.array(
             [
@@ -259,12 +281,23 @@ class DagSearch(GraphTask):
         v = np.arange(1, V)[None, :]  # vertex 1 + j*s_len + t is node t of spoke j
         t = (v - 1) % s_len[:, None]
         exists = v <= (count * s_len)[:, None]
-        parent = np.where(t == 0, 0, v - 1)
-        adj = np.zeros((m, V, V), dtype=bool)
-        b, col = np.nonzero(exists)
-        adj[b, parent[b, col], col + 1] = True
+        src = np.where(exists, np.where(t == 0, 0, v - 1), V)
+        dst = np.where(exists, v, V)
         spoke = (rng.random(m) * count).astype(np.int64)
-        return adj, np.zeros(m, dtype=np.int64), spoke * s_len + s_len
+        return src, dst, np.zeros(m, dtype=np.int64), spoke * s_len + s_len
+
+    def _balanced_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
+        adj, start, goal = self._balanced(rng, m)
+        V = self.max_vertices
+        flat = adj.reshape(m, V * V)
+        width = max(int(flat.sum(1).max()) if m else 0, 1)
+        rows, idx = np.nonzero(flat)
+        first = np.searchsorted(rows, np.arange(m))
+        pos = np.arange(len(rows)) - first[rows]
+        src = np.full((m, width), V, dtype=np.int64)
+        dst = np.full((m, width), V, dtype=np.int64)
+        src[rows, pos], dst[rows, pos] = idx // V, idx % V
+        return src, dst, start, goal
 
     def _balanced(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         V, E, L = self.max_vertices, self.max_edges, self.max_lookahead
@@ -383,4 +416,59 @@ def sample_shortest_paths(
         r = rng.random(B) * cum[:, -1]
         pick = (cum <= r[:, None]).sum(axis=1)
         path[:, t] = np.where(active, np.minimum(pick, adj.shape[1] - 1), path[:, t])
+    return path
+
+
+def _edge_bfs(src: np.ndarray, dst: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
+    """Batched BFS over edge lists ``(src, dst)`` (B, S) (unused slots: the dummy vertex ``V``) from ``start``.
+
+    Returns ``(depth, dist, count)``: edges on a shortest path to ``goal`` (-1 if unreachable), and per vertex
+    (B, V + 1) the distance from the start (-1 if unreachable) and the number of shortest paths to it. Each
+    layer is a gather over the edge slots and one ``bincount`` into the vertices; it stops once the goals
+    are all reached or no vertex is new."""
+    B = len(src)
+    W = V + 1
+    rows = np.arange(B)
+    dist = np.full(B * W, -1, dtype=np.int64)
+    count = np.zeros(B * W)
+    fs = (src + (rows * W)[:, None]).ravel()
+    fd = (dst + (rows * W)[:, None]).ravel()
+    s0, g0 = rows * W + start, rows * W + goal
+    dist[s0], count[s0] = 0, 1.0
+    for d in range(1, V):
+        on = dist[fs] == d - 1
+        if not on.any():
+            break
+        into = np.bincount(fd[on], weights=count[fs[on]], minlength=B * W)
+        new = (into > 0) & (dist < 0)
+        dist[new] = d
+        count[new] = into[new]
+        if (dist[g0] >= 0).all():
+            break
+    return dist[g0], dist.reshape(B, W), count.reshape(B, W)
+
+
+def _backtrack(
+    rng: np.random.Generator, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, count: np.ndarray,
+    goal: np.ndarray, depth: np.ndarray, width: int, V: int,
+) -> np.ndarray:
+    """:func:`sample_shortest_paths` over edge lists: per row a uniformly drawn shortest path to ``goal``
+    ((B, width) vertex indices, 0 past the end); each step back picks an edge into the current vertex from
+    distance ``t`` with probability proportional to its source's shortest-path count."""
+    B = len(src)
+    rows = np.arange(B)
+    path = np.zeros((B, width), dtype=np.int64)
+    path[rows, depth] = goal
+    if not B:
+        return path
+    sd = np.take_along_axis(dist, src, axis=1)
+    sc = np.take_along_axis(count, src, axis=1)
+    for t in range(int(depth.max()) - 1, -1, -1):
+        active = t < depth
+        cur = path[:, t + 1]
+        w = np.where((dst == cur[:, None]) & (sd == t), sc, 0.0)
+        cum = np.cumsum(w, axis=1)
+        r = rng.random(B) * cum[:, -1]
+        pick = np.minimum((cum <= r[:, None]).sum(axis=1), src.shape[1] - 1)
+        path[:, t] = np.where(active, src[rows, pick], path[:, t])
     return path
