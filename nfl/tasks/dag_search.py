@@ -287,17 +287,112 @@ class DagSearch(GraphTask):
         return src, dst, np.zeros(m, dtype=np.int64), spoke * s_len + s_len
 
     def _balanced_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
-        adj, start, goal = self._balanced(rng, m)
-        V = self.max_vertices
-        flat = adj.reshape(m, V * V)
-        width = max(int(flat.sum(1).max()) if m else 0, 1)
-        rows, idx = np.nonzero(flat)
-        first = np.searchsorted(rows, np.arange(m))
-        pos = np.arange(len(rows)) - first[rows]
-        src = np.full((m, width), V, dtype=np.int64)
-        dst = np.full((m, width), V, dtype=np.int64)
-        src[rows, pos], dst[rows, pos] = idx // V, idx % V
-        return src, dst, start, goal
+        """Balanced graphs as edge lists. The skeleton and the ancestor chain are laid out in closed form; the
+        noise vertices, the only random attachment, are added vertex by vertex over just the rows that have
+        one there, with descendant sets as uint64 bitsets (the no-cycle rule) and weighted draws without
+        replacement as exponential races (the law of the reference's sequential draws). A graph is dropped
+        as soon as it has more than ``max_edges`` edges (edges are only ever added)."""
+        V, E, L = self.max_vertices, self.max_edges, self.max_lookahead
+        if V > 63:  # one uint64 bitset per vertex
+            adj, start, goal = self._balanced(rng, m)
+            return _edge_lists(adj) + (start, goal)
+        rows = np.arange(m)
+        look = rng.integers(1, L + 1, size=m)
+        branches = rng.integers(2, np.minimum((E - 1) // look, (V - 1) // look) + 1)
+        n = np.minimum(np.minimum(look * branches + 1 + rng.integers(0, 6, size=m), V), E + 1)
+        n = np.maximum(n, 1 + branches * look)
+
+        # Skeleton: the goal chain 1..l, then the distractor chains, each starting with an edge from vertex 0.
+        branch_start = np.zeros((m, V + 2), dtype=bool)
+        pos = 1 + look  # next free vertex
+        coins = rng.random((m, V))
+        for j in range(V - 2):  # distractor j (at most V - 2 of them)
+            active = j < branches - 1
+            if not active.any():
+                break
+            slack = n - pos - (branches - 1 - j) * look  # spare vertices if later branches take l each
+            length = look + (active & (slack >= 1) & (coins[:, j] < 0.5))
+            branch_start[rows[active], pos[active]] = True
+            pos = np.where(active, pos + length, pos)
+        skel_end = pos
+        pre_len = (rng.random(m) * (n - skel_end + 1)).astype(np.int64)  # U{0..n - used}
+        pre_end = skel_end + pre_len
+
+        idx = np.arange(V)
+        x = idx[None, :]
+        is_skel = (x >= 1) & (x < skel_end[:, None])
+        is_pre = (x >= skel_end[:, None]) & (x < pre_end[:, None])
+        # Fixed edges, one per vertex: skeleton vertex x has its parent (0 at a branch start, else x - 1);
+        # ancestor-chain vertex x has its child (0 for the first, else x - 1).
+        other = np.where(branch_start[:, :V] | (x == skel_end[:, None]), 0, x - 1)
+        fixed = is_skel | is_pre
+        S = E + 1  # edge slots; the last one takes the overflow of a graph that is dropped anyway
+        src = np.full((m, S), V, dtype=np.int64)
+        dst = np.full((m, S), V, dtype=np.int64)
+        slot = np.cumsum(fixed, axis=1) - 1  # the fixed edges first, in vertex order (at most n - 1 <= E)
+        r, c = np.nonzero(fixed)
+        src[r, slot[r, c]] = np.where(is_skel[r, c], other[r, c], c)
+        dst[r, slot[r, c]] = np.where(is_skel[r, c], c, other[r, c])
+        ecount = fixed.sum(1)
+        # The reference's preferential-attachment counters after the fixed edges (both ends counted).
+        flat_src = (src + (rows * (V + 1))[:, None]).ravel()
+        flat_dst = (dst + (rows * (V + 1))[:, None]).ravel()
+        out_deg = np.bincount(flat_src, minlength=m * (V + 1)).reshape(m, V + 1)[:, :V].astype(np.float64)
+        in_deg = np.bincount(flat_dst, minlength=m * (V + 1)).reshape(m, V + 1)[:, :V].astype(np.float64)
+        # Descendants (bitsets, the vertex itself excluded): a skeleton vertex reaches the rest of its branch,
+        # the start every skeleton vertex, an ancestor-chain vertex x every vertex below it (0..x-1).
+        one = np.uint64(1)
+        bound = np.where(branch_start[:, : V + 1] | (np.arange(V + 1)[None, :] == skel_end[:, None]), np.arange(V + 1), V)
+        nxt = np.minimum.accumulate(bound[:, ::-1], axis=1)[:, ::-1]  # nxt[:, y]: first bound at or after y
+        end = nxt[:, 1 : V + 1]  # first bound after x
+        low = (one << (idx + 1).astype(np.uint64))[None, :] - one
+        desc = np.where(is_skel, ((one << end.astype(np.uint64)) - one) & ~low, 0).astype(np.uint64)
+        desc[:, 0] = ((one << skel_end.astype(np.uint64)) - one) & ~one
+        desc = np.where(is_pre, (one << idx.astype(np.uint64))[None, :] - one, desc)
+        alive = ecount <= E
+
+        for v in range(3, V):  # noise vertices come after the goal chain, a branch and the start
+            act = np.nonzero((v >= pre_end) & (v < n) & alive)[0]
+            a = len(act)
+            if not a:
+                continue
+            c = np.minimum(rng.integers(0, 4, size=a), v)
+            p = np.minimum(np.where(c == 0, rng.integers(1, 4, size=a), rng.integers(0, 4, size=a)), v)
+            w = min(3, v)
+            race = rng.standard_exponential((a, v)) / (0.5 + in_deg[act, :v])
+            kids = np.argsort(race, axis=1)[:, :w]  # the first c finish: weighted draws without replacement
+            has = np.arange(w)[None, :] < c[:, None]
+            kid_bits = np.where(has, one << kids.astype(np.uint64), 0).astype(np.uint64)
+            d_x = np.bitwise_or.reduce(kid_bits | np.where(has, np.take_along_axis(desc[act], kids, 1), 0).astype(np.uint64), axis=1)
+            below = ((d_x[:, None] >> idx[None, :v].astype(np.uint64)) & one).astype(bool)  # (a, v)
+            p = np.minimum(p, v - below.sum(1))
+            race = rng.standard_exponential((a, v)) / (0.5 + out_deg[act, :v])
+            race[below] = np.inf
+            pars = np.argsort(race, axis=1)[:, :w]
+            has_p = np.arange(w)[None, :] < p[:, None]
+            par_bits = np.bitwise_or.reduce(np.where(has_p, one << pars.astype(np.uint64), 0).astype(np.uint64), axis=1)
+            # Edges x -> kids, then parents -> x, appended at each row's count (overflow into the last slot).
+            ra = np.broadcast_to(act[:, None], (a, w))
+            k_slot = np.minimum(ecount[act][:, None] + np.cumsum(has, axis=1) - 1, S - 1)
+            src[ra[has], k_slot[has]] = v
+            dst[ra[has], k_slot[has]] = kids[has]
+            ecount[act] += c
+            p_slot = np.minimum(ecount[act][:, None] + np.cumsum(has_p, axis=1) - 1, S - 1)
+            src[ra[has_p], p_slot[has_p]] = pars[has_p]
+            dst[ra[has_p], p_slot[has_p]] = v
+            ecount[act] += p
+            alive[act] = ecount[act] <= E
+            # Counters on the earlier endpoints only; descendants of x and of its ancestors.
+            np.add.at(in_deg, (ra[has], kids[has]), 1.0)
+            np.add.at(out_deg, (ra[has_p], pars[has_p]), 1.0)
+            desc[act, v] = d_x
+            dv = desc[act, :v]
+            anc = ((dv & par_bits[:, None]) != 0) | ((par_bits[:, None] >> idx[None, :v].astype(np.uint64)) & one).astype(bool)
+            desc[act, :v] = np.where(anc, dv | (d_x | (one << np.uint64(v)))[:, None], dv)
+
+        rejected["edges"] += int((~alive).sum())
+        keep = alive
+        return src[keep], dst[keep], np.zeros(int(keep.sum()), dtype=np.int64), look[keep]
 
     def _balanced(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         V, E, L = self.max_vertices, self.max_edges, self.max_lookahead
@@ -472,3 +567,16 @@ def _backtrack(
         pick = np.minimum((cum <= r[:, None]).sum(axis=1), src.shape[1] - 1)
         path[:, t] = np.where(active, src[rows, pick], path[:, t])
     return path
+
+
+def _edge_lists(adj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense adjacency (B, V, V) -> edge lists ``(src, dst)`` (B, most edges), ``V`` in unused slots."""
+    m, V, _ = adj.shape
+    flat = adj.reshape(m, V * V)
+    width = max(int(flat.sum(1).max()) if m else 0, 1)
+    rows, idx = np.nonzero(flat)
+    pos = np.arange(len(rows)) - np.searchsorted(rows, np.arange(m))[rows]
+    src = np.full((m, width), V, dtype=np.int64)
+    dst = np.full((m, width), V, dtype=np.int64)
+    src[rows, pos], dst[rows, pos] = idx // V, idx % V
+    return src, dst
