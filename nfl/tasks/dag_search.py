@@ -75,6 +75,7 @@ from typing import Literal
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
+from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
 _CELLS = 1 << 22  # chunk * V * V: candidate graphs built at once (bounds memory: a few (chunk, V, V) arrays)
 
@@ -188,64 +189,85 @@ class DagSearch(GraphTask):
         )
 
     def _draw(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
-        """``m`` candidate graphs; the accepted ones as label arrays (edges, query, paths, lengths)."""
-        build = {"naive": self._naive, "balanced": self._balanced, "star": self._star}[self.distribution]
-        adj, start, goal = build(rng, m)
-        dist, count = bfs(adj, start)
-        rows = np.arange(m)
-        depth = dist[rows, goal]  # edges on a shortest path, -1 if unreachable
-        edges = adj.sum(axis=(1, 2))
+        """``m`` candidate graphs; the accepted ones as label arrays (edges, query, paths, lengths).
+
+        Graphs are edge lists ``(src, dst)`` (rows, slots) in vertex indices, ``V`` (a dummy vertex) in unused
+        slots; the search runs layer by layer over the edge slots, so no step costs ``V * V`` per graph."""
+        V, E, P = self.max_vertices, self.max_edges, self.max_path_len
+        build = {"naive": self._naive_edges, "balanced": self._balanced_edges, "star": self._star_edges}[self.distribution]
+        src, dst, start, goal = build(rng, m, rejected)
+        k = len(src)
+        edges = (src < V).sum(1)
+        fits = edges <= E
+        rejected["edges"] += int(k - fits.sum())
+        if not fits.all():
+            src, dst, start, goal = src[fits], dst[fits], start[fits], goal[fits]
+        depth, dist, count = _edge_bfs(src, dst, start, goal, V)
         reach = depth >= 1
-        short = depth + 1 <= self.max_path_len
-        fits = edges <= self.max_edges
-        rejected["edges"] += int((~fits).sum())
-        rejected["path"] += int((fits & reach & ~short).sum())
-        rejected["unreachable"] += int((fits & ~reach).sum())
-        keep = reach & short & fits
-        adj, start, goal, dist, count, depth = adj[keep], start[keep], goal[keep], dist[keep], count[keep], depth[keep]
-        k, V, E = len(adj), self.max_vertices, self.max_edges
+        short = reach & (depth + 1 <= P)
+        rejected["path"] += int((reach & ~short).sum())
+        rejected["unreachable"] += int((~reach).sum())
+        if not short.all():
+            src, dst, start, goal = src[short], dst[short], start[short], goal[short]
+            dist, count, depth = dist[short], count[short], depth[short]
+        k = len(src)
+        path = _backtrack(rng, src, dst, dist, count, goal, depth, P, V)
 
-        path = sample_shortest_paths(rng, adj, dist, count, goal, depth, self.max_path_len)
-        labels = rng.permuted(np.broadcast_to(np.arange(self.num_nodes, dtype=np.int64), (k, self.num_nodes)), axis=1)
-        labels = labels[:, :V]
-
-        flat = adj.reshape(k, V * V)
-        if V * V < E:
-            flat = np.concatenate([flat, np.zeros((k, E - V * V), dtype=bool)], axis=1)
-        keys = np.where(flat, rng.random(flat.shape), 2.0)  # edges: uniform keys (a uniform order); others last
-        if flat.shape[1] > E:  # the E smallest keys hold every edge (a row has at most E)
-            sel = np.argpartition(keys, E - 1, axis=1)[:, :E]
-        else:
-            sel = np.broadcast_to(np.arange(E), (k, E))
-        sk = np.take_along_axis(keys, sel, axis=1)
-        sel = np.take_along_axis(sel, np.argsort(np.where(sk > 1.0, -1.0, sk), axis=1), axis=1)  # unused slots first
-        present = np.take_along_axis(flat, sel, axis=1)
-        src, dst = np.minimum(sel // V, V - 1), sel % V
-        parents = np.where(present, np.take_along_axis(labels, src, axis=1), self.pad)
-        children = np.where(present, np.take_along_axis(labels, dst, axis=1), self.pad)
+        labels = np.empty((k, V + 1), dtype=label_dtype(self.num_nodes))  # column V: the dummy, pad
+        labels[:, :V] = random_injection(rng, k, self.num_nodes, V, labels.dtype)
+        labels[:, V] = self.pad
+        # The edges to the last slots (unused slots first), then a uniform order of them.
+        present = src < V
+        count_e = present.sum(1)
+        code = np.full((k, E), V * (V + 1) + V, dtype=np.int64)  # src * (V + 1) + dst; the dummy edge
+        if k:
+            slot = (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1
+            rows = np.broadcast_to(np.arange(k)[:, None], present.shape)
+            code[rows[present], slot[present]] = (src * (V + 1) + dst)[present]
+        shuffle_suffix(rng, code, E - count_e)
         rk = np.arange(k)
+        parents = np.take_along_axis(labels, code // (V + 1), axis=1)
+        children = np.take_along_axis(labels, code % (V + 1), axis=1)
         return (
             parents, children, labels[rk, start], labels[rk, goal],
             np.take_along_axis(labels, path, axis=1), depth + 1,
         )
 
     # --- the three distributions (vertex indices; labels come later) --------------------------------
-    def _naive(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        V = self.max_vertices
+    def _naive_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
+        """Naive graphs as edge lists: vertex ``i`` gets ``min(k, i)`` parents, ``V`` slots of three. A graph
+        whose goal comes before its start in the vertex order cannot reach it and is dropped before its
+        parents are drawn (they are independent of the rest), as is one with too many edges."""
+        V, E = self.max_vertices, self.max_edges
         n = rng.integers(3, V + 1, size=m)
         i = np.arange(V)
         k = np.where(rng.random((m, V)) < 0.5, 1, rng.integers(1, 4, size=(m, V)))
-        k = np.minimum(k, i[None, :])  # parents of vertex i (vertex 0 has none)
-        keys = np.where(i[None, None, :] < i[None, :, None], rng.random((m, V, V)), np.inf)  # keys[b, child, parent]
-        kth = np.take_along_axis(np.sort(keys, axis=2), np.maximum(k - 1, 0)[:, :, None], axis=2)
-        chosen = (keys <= kth) & (k[:, :, None] > 0) & (i[None, :, None] < n[:, None, None])
-        adj = np.ascontiguousarray(chosen.transpose(0, 2, 1))  # adj[b, parent, child]
+        k = np.where(i[None, :] < n[:, None], np.minimum(k, i[None, :]), 0)  # parents of vertex i (vertex 0: none)
         start = (rng.random(m) * n).astype(np.int64)
         goal = (rng.random(m) * (n - 1)).astype(np.int64)
         goal += goal >= start
-        return adj, start, goal
+        fits = k.sum(1) <= E
+        keep = fits & (start < goal)  # parents come first in the vertex order: a later start cannot reach
+        rejected["edges"] += int((~fits).sum())
+        rejected["unreachable"] += int((fits & ~keep).sum())
+        k, start, goal = k[keep], start[keep], goal[keep]
+        b = len(k)
+        # Up to three distinct parents of each vertex, uniform without replacement from 0..i-1.
+        u = rng.random((3, b, V))
+        r1 = (u[0] * i).astype(np.int64)
+        r2 = (u[1] * np.maximum(i - 1, 1)).astype(np.int64)
+        r2 += r2 >= r1
+        r3 = (u[2] * np.maximum(i - 2, 1)).astype(np.int64)
+        lo, hi = np.minimum(r1, r2), np.maximum(r1, r2)
+        r3 += r3 >= lo
+        r3 += r3 >= hi
+        src = np.stack([r1, r2, r3], axis=2)  # (b, V, 3)
+        present = np.arange(3)[None, None, :] < k[:, :, None]
+        src = np.where(present, src, V).reshape(b, 3 * V)
+        dst = np.where(present, i[None, :, None], V).reshape(b, 3 * V)
+        return src, dst, start, goal
 
-    def _star(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _star_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         V = self.max_vertices
         pairs = np.array(
             [
@@ -259,12 +281,118 @@ class DagSearch(GraphTask):
         v = np.arange(1, V)[None, :]  # vertex 1 + j*s_len + t is node t of spoke j
         t = (v - 1) % s_len[:, None]
         exists = v <= (count * s_len)[:, None]
-        parent = np.where(t == 0, 0, v - 1)
-        adj = np.zeros((m, V, V), dtype=bool)
-        b, col = np.nonzero(exists)
-        adj[b, parent[b, col], col + 1] = True
+        src = np.where(exists, np.where(t == 0, 0, v - 1), V)
+        dst = np.where(exists, v, V)
         spoke = (rng.random(m) * count).astype(np.int64)
-        return adj, np.zeros(m, dtype=np.int64), spoke * s_len + s_len
+        return src, dst, np.zeros(m, dtype=np.int64), spoke * s_len + s_len
+
+    def _balanced_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
+        """Balanced graphs as edge lists. The skeleton and the ancestor chain are laid out in closed form; the
+        noise vertices, the only random attachment, are added vertex by vertex over just the rows that have
+        one there, with descendant sets as uint64 bitsets (the no-cycle rule) and weighted draws without
+        replacement as exponential races (the law of the reference's sequential draws). A graph is dropped
+        as soon as it has more than ``max_edges`` edges (edges are only ever added)."""
+        V, E, L = self.max_vertices, self.max_edges, self.max_lookahead
+        if V > 63:  # one uint64 bitset per vertex
+            adj, start, goal = self._balanced(rng, m)
+            return _edge_lists(adj) + (start, goal)
+        rows = np.arange(m)
+        look = rng.integers(1, L + 1, size=m)
+        branches = rng.integers(2, np.minimum((E - 1) // look, (V - 1) // look) + 1)
+        n = np.minimum(np.minimum(look * branches + 1 + rng.integers(0, 6, size=m), V), E + 1)
+        n = np.maximum(n, 1 + branches * look)
+
+        # Skeleton: the goal chain 1..l, then the distractor chains, each starting with an edge from vertex 0.
+        branch_start = np.zeros((m, V + 2), dtype=bool)
+        pos = 1 + look  # next free vertex
+        coins = rng.random((m, V))
+        for j in range(V - 2):  # distractor j (at most V - 2 of them)
+            active = j < branches - 1
+            if not active.any():
+                break
+            slack = n - pos - (branches - 1 - j) * look  # spare vertices if later branches take l each
+            length = look + (active & (slack >= 1) & (coins[:, j] < 0.5))
+            branch_start[rows[active], pos[active]] = True
+            pos = np.where(active, pos + length, pos)
+        skel_end = pos
+        pre_len = (rng.random(m) * (n - skel_end + 1)).astype(np.int64)  # U{0..n - used}
+        pre_end = skel_end + pre_len
+
+        idx = np.arange(V)
+        x = idx[None, :]
+        is_skel = (x >= 1) & (x < skel_end[:, None])
+        is_pre = (x >= skel_end[:, None]) & (x < pre_end[:, None])
+        # Fixed edges, one per vertex: skeleton vertex x has its parent (0 at a branch start, else x - 1);
+        # ancestor-chain vertex x has its child (0 for the first, else x - 1).
+        other = np.where(branch_start[:, :V] | (x == skel_end[:, None]), 0, x - 1)
+        fixed = is_skel | is_pre
+        S = E + 1  # edge slots; the last one takes the overflow of a graph that is dropped anyway
+        src = np.full((m, S), V, dtype=np.int64)
+        dst = np.full((m, S), V, dtype=np.int64)
+        slot = np.cumsum(fixed, axis=1) - 1  # the fixed edges first, in vertex order (at most n - 1 <= E)
+        r, c = np.nonzero(fixed)
+        src[r, slot[r, c]] = np.where(is_skel[r, c], other[r, c], c)
+        dst[r, slot[r, c]] = np.where(is_skel[r, c], c, other[r, c])
+        ecount = fixed.sum(1)
+        # The reference's preferential-attachment counters after the fixed edges (both ends counted).
+        flat_src = (src + (rows * (V + 1))[:, None]).ravel()
+        flat_dst = (dst + (rows * (V + 1))[:, None]).ravel()
+        out_deg = np.bincount(flat_src, minlength=m * (V + 1)).reshape(m, V + 1)[:, :V].astype(np.float64)
+        in_deg = np.bincount(flat_dst, minlength=m * (V + 1)).reshape(m, V + 1)[:, :V].astype(np.float64)
+        # Descendants (bitsets, the vertex itself excluded): a skeleton vertex reaches the rest of its branch,
+        # the start every skeleton vertex, an ancestor-chain vertex x every vertex below it (0..x-1).
+        one = np.uint64(1)
+        bound = np.where(branch_start[:, : V + 1] | (np.arange(V + 1)[None, :] == skel_end[:, None]), np.arange(V + 1), V)
+        nxt = np.minimum.accumulate(bound[:, ::-1], axis=1)[:, ::-1]  # nxt[:, y]: first bound at or after y
+        end = nxt[:, 1 : V + 1]  # first bound after x
+        low = (one << (idx + 1).astype(np.uint64))[None, :] - one
+        desc = np.where(is_skel, ((one << end.astype(np.uint64)) - one) & ~low, 0).astype(np.uint64)
+        desc[:, 0] = ((one << skel_end.astype(np.uint64)) - one) & ~one
+        desc = np.where(is_pre, (one << idx.astype(np.uint64))[None, :] - one, desc)
+        alive = ecount <= E
+
+        for v in range(3, V):  # noise vertices come after the goal chain, a branch and the start
+            act = np.nonzero((v >= pre_end) & (v < n) & alive)[0]
+            a = len(act)
+            if not a:
+                continue
+            c = np.minimum(rng.integers(0, 4, size=a), v)
+            p = np.minimum(np.where(c == 0, rng.integers(1, 4, size=a), rng.integers(0, 4, size=a)), v)
+            w = min(3, v)
+            race = rng.standard_exponential((a, v)) / (0.5 + in_deg[act, :v])
+            kids = np.argsort(race, axis=1)[:, :w]  # the first c finish: weighted draws without replacement
+            has = np.arange(w)[None, :] < c[:, None]
+            kid_bits = np.where(has, one << kids.astype(np.uint64), 0).astype(np.uint64)
+            d_x = np.bitwise_or.reduce(kid_bits | np.where(has, np.take_along_axis(desc[act], kids, 1), 0).astype(np.uint64), axis=1)
+            below = ((d_x[:, None] >> idx[None, :v].astype(np.uint64)) & one).astype(bool)  # (a, v)
+            p = np.minimum(p, v - below.sum(1))
+            race = rng.standard_exponential((a, v)) / (0.5 + out_deg[act, :v])
+            race[below] = np.inf
+            pars = np.argsort(race, axis=1)[:, :w]
+            has_p = np.arange(w)[None, :] < p[:, None]
+            par_bits = np.bitwise_or.reduce(np.where(has_p, one << pars.astype(np.uint64), 0).astype(np.uint64), axis=1)
+            # Edges x -> kids, then parents -> x, appended at each row's count (overflow into the last slot).
+            ra = np.broadcast_to(act[:, None], (a, w))
+            k_slot = np.minimum(ecount[act][:, None] + np.cumsum(has, axis=1) - 1, S - 1)
+            src[ra[has], k_slot[has]] = v
+            dst[ra[has], k_slot[has]] = kids[has]
+            ecount[act] += c
+            p_slot = np.minimum(ecount[act][:, None] + np.cumsum(has_p, axis=1) - 1, S - 1)
+            src[ra[has_p], p_slot[has_p]] = pars[has_p]
+            dst[ra[has_p], p_slot[has_p]] = v
+            ecount[act] += p
+            alive[act] = ecount[act] <= E
+            # Counters on the earlier endpoints only; descendants of x and of its ancestors.
+            np.add.at(in_deg, (ra[has], kids[has]), 1.0)
+            np.add.at(out_deg, (ra[has_p], pars[has_p]), 1.0)
+            desc[act, v] = d_x
+            dv = desc[act, :v]
+            anc = ((dv & par_bits[:, None]) != 0) | ((par_bits[:, None] >> idx[None, :v].astype(np.uint64)) & one).astype(bool)
+            desc[act, :v] = np.where(anc, dv | (d_x | (one << np.uint64(v)))[:, None], dv)
+
+        rejected["edges"] += int((~alive).sum())
+        keep = alive
+        return src[keep], dst[keep], np.zeros(int(keep.sum()), dtype=np.int64), look[keep]
 
     def _balanced(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         V, E, L = self.max_vertices, self.max_edges, self.max_lookahead
@@ -384,3 +512,71 @@ def sample_shortest_paths(
         pick = (cum <= r[:, None]).sum(axis=1)
         path[:, t] = np.where(active, np.minimum(pick, adj.shape[1] - 1), path[:, t])
     return path
+
+
+def _edge_bfs(src: np.ndarray, dst: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
+    """Batched BFS over edge lists ``(src, dst)`` (B, S) (unused slots: the dummy vertex ``V``) from ``start``.
+
+    Returns ``(depth, dist, count)``: edges on a shortest path to ``goal`` (-1 if unreachable), and per vertex
+    (B, V + 1) the distance from the start (-1 if unreachable) and the number of shortest paths to it. Each
+    layer is a gather over the edge slots and one ``bincount`` into the vertices; it stops once the goals
+    are all reached or no vertex is new."""
+    B = len(src)
+    W = V + 1
+    rows = np.arange(B)
+    dist = np.full(B * W, -1, dtype=np.int64)
+    count = np.zeros(B * W)
+    fs = (src + (rows * W)[:, None]).ravel()
+    fd = (dst + (rows * W)[:, None]).ravel()
+    s0, g0 = rows * W + start, rows * W + goal
+    dist[s0], count[s0] = 0, 1.0
+    for d in range(1, V):
+        on = dist[fs] == d - 1
+        if not on.any():
+            break
+        into = np.bincount(fd[on], weights=count[fs[on]], minlength=B * W)
+        new = (into > 0) & (dist < 0)
+        dist[new] = d
+        count[new] = into[new]
+        if (dist[g0] >= 0).all():
+            break
+    return dist[g0], dist.reshape(B, W), count.reshape(B, W)
+
+
+def _backtrack(
+    rng: np.random.Generator, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, count: np.ndarray,
+    goal: np.ndarray, depth: np.ndarray, width: int, V: int,
+) -> np.ndarray:
+    """:func:`sample_shortest_paths` over edge lists: per row a uniformly drawn shortest path to ``goal``
+    ((B, width) vertex indices, 0 past the end); each step back picks an edge into the current vertex from
+    distance ``t`` with probability proportional to its source's shortest-path count."""
+    B = len(src)
+    rows = np.arange(B)
+    path = np.zeros((B, width), dtype=np.int64)
+    path[rows, depth] = goal
+    if not B:
+        return path
+    sd = np.take_along_axis(dist, src, axis=1)
+    sc = np.take_along_axis(count, src, axis=1)
+    for t in range(int(depth.max()) - 1, -1, -1):
+        active = t < depth
+        cur = path[:, t + 1]
+        w = np.where((dst == cur[:, None]) & (sd == t), sc, 0.0)
+        cum = np.cumsum(w, axis=1)
+        r = rng.random(B) * cum[:, -1]
+        pick = np.minimum((cum <= r[:, None]).sum(axis=1), src.shape[1] - 1)
+        path[:, t] = np.where(active, src[rows, pick], path[:, t])
+    return path
+
+
+def _edge_lists(adj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dense adjacency (B, V, V) -> edge lists ``(src, dst)`` (B, most edges), ``V`` in unused slots."""
+    m, V, _ = adj.shape
+    flat = adj.reshape(m, V * V)
+    width = max(int(flat.sum(1).max()) if m else 0, 1)
+    rows, idx = np.nonzero(flat)
+    pos = np.arange(len(rows)) - np.searchsorted(rows, np.arange(m))[rows]
+    src = np.full((m, width), V, dtype=np.int64)
+    dst = np.full((m, width), V, dtype=np.int64)
+    src[rows, pos], dst[rows, pos] = idx // V, idx % V
+    return src, dst

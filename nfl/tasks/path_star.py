@@ -133,37 +133,57 @@ class PathStar(GraphTask):
         if not self.variable and self.shuffle == "edges":
             return self._sample_reference(rng, n)
         d, a = self.degree, self.path_len - 1  # arms, and the most non-start nodes on one
-        labels = rng.permuted(np.broadcast_to(np.arange(self.num_nodes, dtype=np.int64), (n, self.num_nodes)), axis=1)
+        e, rows = d * a, np.arange(n)
+        labels = random_injection(rng, n, self.num_nodes, 1 + e, label_dtype(self.num_nodes))
         start = labels[:, 0]
-        arms = labels[:, 1 : 1 + d * a].reshape(n, d, a)  # arms[:, k, j]: node j+1 of arm k (j = 0 next to s)
+        child = labels[:, 1:]  # child[:, k*a + j]: node j+1 of arm k (j = 0 next to s); edge k*a+j ends there
+        parent = np.empty_like(child)
+        parent.reshape(n, d, a)[:, :, 0] = start[:, None]
+        parent.reshape(n, d, a)[:, :, 1:] = child.reshape(n, d, a)[:, :, :-1]
         if self.arm_lengths is None:
             lengths = np.full((n, d), a)
         else:
             lo, hi = self.arm_lengths
             lengths = rng.integers(lo - 1, hi, size=(n, d))  # non-start nodes of each arm
-        parents = np.concatenate([np.broadcast_to(start[:, None, None], (n, d, 1)), arms[:, :, :-1]], axis=2)
-        present = np.arange(a)[None, None, :] < lengths[:, :, None]  # (n, d, a)
+        used = e - lengths.sum(1)  # unused slots, first in the edge list
 
+        # Slot of each canonical edge: present edges after the unused slots, arm by arm (in canonical or, with
+        # shuffle: arms, a uniform arm order), each arm from the start outwards; unused edges fill the front.
         if self.shuffle == "edges":
-            keys = rng.random((n, d * a))
-        else:  # arms in a uniform order, each arm's edges from the start outwards
-            arm_rank = rng.permuted(np.broadcast_to(np.arange(d), (n, d)), axis=1)  # position of each arm
-            keys = (arm_rank[:, :, None] * a + np.arange(a)[None, None, :]).reshape(n, d * a).astype(np.float64)
-        keys = np.where(present.reshape(n, -1), keys, -1.0)  # unused slots first, then the edges in order
-        order = np.argsort(keys, axis=1, kind="stable")
-        pad = self.pad if self.variable else -1
-        flat_p = np.where(present, parents, pad).reshape(n, -1)
-        flat_c = np.where(present, arms, pad).reshape(n, -1)
-        edge_p, edge_c = np.take_along_axis(flat_p, order, 1), np.take_along_axis(flat_c, order, 1)
+            offset = np.cumsum(lengths, axis=1) - lengths
+        else:
+            order = random_permutation(rng, n, d)  # order[:, r]: the arm at position r
+            ranked = np.take_along_axis(lengths, order, axis=1)
+            offset = np.empty_like(lengths)
+            np.put_along_axis(offset, order, np.cumsum(ranked, axis=1) - ranked, axis=1)
+        j = np.arange(a)[None, None, :]
+        present = j < lengths[:, :, None]  # (n, d, a)
+        gap = a - lengths
+        dest = np.where(
+            present,
+            (used[:, None] + offset)[:, :, None] + j,
+            (np.cumsum(gap, axis=1) - gap)[:, :, None] + j - lengths[:, :, None],
+        ).reshape(n, e)
+        slot = np.empty((n, e), dtype=np.int64)  # slot[:, t]: the canonical edge in list slot t
+        np.put_along_axis(slot, dest, np.broadcast_to(np.arange(e), (n, e)), axis=1)
+        if self.shuffle == "edges":
+            shuffle_suffix(rng, slot, used)  # a uniform order of the present edges
+        edge_p, edge_c = np.take_along_axis(parent, slot, 1), np.take_along_axis(child, slot, 1)
+        if self.variable:
+            unused = np.arange(e)[None, :] < used[:, None]
+            edge_p[unused] = self.pad
+            edge_c[unused] = self.pad
 
         goal_arm = rng.integers(0, d, size=n)
-        arm_len = lengths[np.arange(n), goal_arm]  # non-start nodes on the goal's arm
+        arm_len = lengths[rows, goal_arm]  # non-start nodes on the goal's arm
         if self.goal == "leaf":
             depth = arm_len
         else:
             depth = (rng.random(n) * arm_len).astype(np.int64) + 1  # uniform over 1..arm_len
-        path = np.concatenate([start[:, None], arms[np.arange(n), goal_arm]], axis=1)  # (n, l)
-        goal = path[np.arange(n), depth]
+        path = np.empty((n, a + 1), dtype=labels.dtype)
+        path[:, 0] = start
+        path[:, 1:] = child.reshape(n, d, a)[rows, goal_arm]
+        goal = path[rows, depth]
         return self.encode_prefix(edge_p, edge_c, start, goal), self.encode_answers(path, depth + 1)
 
     def _sample_reference(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -184,3 +204,46 @@ class PathStar(GraphTask):
         goal_arm = rng.integers(0, d, size=n)
         path = np.concatenate([start[:, None], arms[np.arange(n), goal_arm]], axis=1)  # (n, l)
         return self.encode_prefix(parents, children, start, path[:, -1]), path
+
+
+# --- vectorised draws shared by the tasks -------------------------------------------------------------------
+def label_dtype(num_nodes: int) -> type:
+    """The smallest integer dtype that holds every token id of a task with ``num_nodes`` labels."""
+    for dtype in (np.uint8, np.int16, np.int32):
+        if num_nodes + 6 <= np.iinfo(dtype).max:
+            return dtype
+    return np.int64
+
+
+def random_injection(rng: np.random.Generator, n: int, num_labels: int, k: int, dtype=np.int64) -> np.ndarray:
+    """``(n, k)``: per row ``k`` distinct labels of ``0..num_labels-1``, a uniformly drawn ordered selection
+    (the first ``k`` entries of a uniform random permutation). A partial Fisher-Yates shuffle vectorised over
+    the rows: ``k`` steps, each swapping one column with a uniformly drawn later one."""
+    arr = np.empty((n, num_labels), dtype=dtype)
+    arr[:] = np.arange(num_labels, dtype=dtype)
+    flat = arr.reshape(-1)
+    base = np.arange(n, dtype=np.int64) * num_labels
+    for i in range(min(k, num_labels - 1)):
+        idx = base + rng.integers(i, num_labels, size=n)
+        tmp = flat[idx]
+        flat[idx] = arr[:, i]
+        arr[:, i] = tmp
+    return arr[:, :k]
+
+
+def random_permutation(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``(n, k)`` int64: a uniform random permutation of ``0..k-1`` per row."""
+    return random_injection(rng, n, k, k, np.int64)
+
+
+def shuffle_suffix(rng: np.random.Generator, arr: np.ndarray, lo: np.ndarray) -> None:
+    """Shuffle ``arr[b, lo[b]:]`` uniformly, in place, for every row ``b`` (vectorised Fisher-Yates)."""
+    n, k = arr.shape
+    flat = arr.reshape(-1)
+    base = np.arange(n, dtype=np.int64) * k
+    for i in range(k - 1):
+        j = np.where(lo <= i, rng.integers(i, k, size=n), i)
+        idx = base + j
+        tmp = flat[idx]
+        flat[idx] = arr[:, i]
+        arr[:, i] = tmp

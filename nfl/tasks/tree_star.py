@@ -24,6 +24,7 @@ from functools import cached_property
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
+from nfl.tasks.path_star import label_dtype, random_injection, random_permutation
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,10 @@ class TreeStar(GraphTask):
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` graphs: labels a uniform injection, the goal a uniform leaf, the edges shuffled."""
         parents, children, paths = self._template
-        labels = rng.permuted(np.broadcast_to(np.arange(self.num_nodes, dtype=np.int64), (n, self.num_nodes)), axis=1)
-        labels = labels[:, : self.num_labels]  # label of template node j
-        order = rng.permuted(np.broadcast_to(np.arange(self.num_edges), (n, self.num_edges)), axis=1)
-        edge_p = np.take_along_axis(labels[:, parents], order, axis=1)
-        edge_c = np.take_along_axis(labels[:, children], order, axis=1)
+        labels = random_injection(rng, n, self.num_nodes, self.num_labels, label_dtype(self.num_nodes))  # of node j
+        order = random_permutation(rng, n, self.num_edges)  # the template edge in each list slot
+        edge_p = np.take_along_axis(labels, parents[order], axis=1)
+        edge_c = np.take_along_axis(labels, children[order], axis=1)
         leaf = rng.integers(0, len(paths), size=n)
         path = np.take_along_axis(labels, paths[leaf], axis=1)  # (n, l)
-        return self.encode_prefix(edge_p, edge_c, path[:, 0], path[:, -1]), path
+        return self.encode_prefix(edge_p, edge_c, path[:, 0], path[:, -1]), path.astype(np.int64)
