@@ -8,22 +8,33 @@ for the task's vocabulary and sequence length.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.callbacks import KeepLastCheckpoint
+from nfl.callbacks import KeepLastCheckpoint, StopOnNonFiniteLoss
+from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.config_checks import check_run_config, check_writable, check_yaml_syntax, locate, os_error_line
 from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
+from nfl.runs import checkpoint_file, refuse_contradictions, settle_log_folder
+from nfl.signals import StopOnSignal
 from nfl.system import GraphSystem
+from nfl.tasks.config import reverse_of, task_from_data, task_spec
+from nfl.tasks.path_star import PathStar
 
 LINKED = ("task", "reverse")  # data module attributes the system is built with
+# Model options a checkpoint's weights were made with; on fit the optimizer state (lr, decay, betas) as well.
+WEIGHT_OPTIONS = ("backbone", "objective", *LINKED)
+OPTIMIZER_OPTIONS = ("lr", "weight_decay", "betas")
 
 
 class NFLCLI(LightningCLI):
@@ -39,26 +50,77 @@ class NFLCLI(LightningCLI):
             help="After fit, run the test set on the final weights and log test/* to the same run.",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads --ckpt_path next and replaces the model options by the checkpoint's: a missing or
+        # broken file, or options that contradict it, are one line here, before anything is written.
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt = checkpoint_file(config.get("ckpt_path")) if config is not None else None
+        if ckpt is not None:
+            saved = legacy_task(read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {})
+            keys = WEIGHT_OPTIONS + (OPTIMIZER_OPTIONS if subcommand == "fit" else ())
+            given = config.model.clone()  # the task and encoding come from the data module, as the links will
+            data = config.data.as_dict() if hasattr(config.data, "as_dict") else config.data
+            given.task, given.reverse = task_spec(task_from_data(data)), reverse_of(data)
+            shorthand = str(data.get("class_path", "")).endswith("PathStarDataModule")  # degree etc. on the data
+            where = "data.init_args" if shorthand else "data.init_args.task.init_args"
+            refuse_contradictions(ckpt, saved, given, keys, {"task": where, "reverse": "data.init_args.reverse"})
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's own (the checkpoint's model options replace the config's), for checkpoints written
+        before graph tasks were pluggable too: their ``degree``, ``path_len`` and ``num_nodes`` are path-star's."""
+        subcommand = self.config.get("subcommand")
+        ckpt = checkpoint_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if ckpt is None:
+            return
+        hparams = legacy_task(dict(read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {}))
+        hparams.pop("_instantiator", None)
+        for linked in LINKED:  # set from the data module at instantiation, and checked equal above
+            hparams.pop(linked, None)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
     def before_validate(self) -> None:
         silence_evaluation_noise()
 
     before_test = before_predict = before_validate
 
     def before_instantiate_classes(self) -> None:
-        check_run_config(self.config[self.subcommand] if self.subcommand else self.config, self.subcommand)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_run_config(config, self.subcommand)
+        if self.subcommand:
+            settle_log_folder(config, self.subcommand)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if self.subcommand:
             check_writable(self.trainer)
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
+def legacy_task(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint hyperparameters with the ``degree``/``path_len``/``num_nodes`` of a checkpoint written before
+    graph tasks were pluggable turned into the path-star task they describe."""
+    if "task" in hparams or "degree" not in hparams:
+        return hparams
+    hparams = dict(hparams)
+    sizes = {k: hparams.pop(k) for k in ("degree", "path_len", "num_nodes") if k in hparams}
+    hparams["task"] = {"class_path": "nfl.tasks.path_star.PathStar", "init_args": {**task_spec(PathStar())["init_args"], **sizes}}
+    return hparams
+
+
 def trainer_defaults() -> dict:
-    """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and on Ctrl-C."""
+    """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and
+    when Ctrl-C or SIGTERM stops the run; a NaN or infinite training loss stops it."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -66,7 +128,7 @@ def trainer_defaults() -> dict:
         },
         # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
         # configs set ModelCheckpoint (save_last: true) themselves.
-        "callbacks": [KeepLastCheckpoint()],
+        "callbacks": [KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss()],
         "check_val_every_n_epoch": None,
     }
 
@@ -81,17 +143,21 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
     # Evaluation tags come from torchmetrics, already summed across ranks; Lightning cannot tell and suggests
     # sync_dist, which would only average identical values again.
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test|train_eval)/")
+    defaults = trainer_defaults()
+    stop = next(c for c in defaults["callbacks"] if isinstance(c, StopOnSignal))
     try:
         check_yaml_syntax(sys.argv[1:] if args is None else args)
         return NFLCLI(
             GraphSystem,
             TaskDataModule,
             subclass_mode_data=True,
-            trainer_defaults=trainer_defaults(),
+            trainer_defaults=defaults,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "python -m nfl"},
             args=args,
         )
+    except SIGTERMException:  # a signal stopped fit between steps, after last.ckpt was written
+        sys.exit(128 + (stop.signum or signal.SIGTERM))
     except Exception as err:
         cause = user_error(err)
         if cause is None:

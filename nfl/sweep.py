@@ -17,7 +17,9 @@ and one seed is a run. A setting is a mapping of CLI keys to values, passed to `
 Run ``objective=reverse,seed=1`` logs to ``lightning_logs/my_sweep/objective=reverse,seed=1/`` (TensorBoard events,
 config.yaml, checkpoints/). Each run is a subprocess that fits and then tests; when it succeeds the sweep writes
 ``sweep_run.json`` into its folder. Running the sweep again skips those runs and resumes an interrupted one
-from its ``last.ckpt``, so a sweep can be stopped and restarted at any time. ``python -m nfl.report`` turns the
+from its ``last.ckpt`` (or, if that does not load, its newest checkpoint that does), so a sweep can be
+stopped and restarted at any time: Ctrl-C or SIGTERM is forwarded to the running training process, which
+saves its ``last.ckpt``, and the sweep then exits with 130 or 143. ``python -m nfl.report`` turns the
 finished runs into a table and plots.
 """
 
@@ -103,9 +105,17 @@ def run_dir(logs: str, sweep_name: str, run: Run) -> str:
     return os.path.join(logs, sweep_name, run.name)
 
 
-def command(spec: dict[str, Any], run: Run, logs: str) -> list[str]:
-    """The ``python -m nfl fit`` command of one run (resuming from its last.ckpt if one exists)."""
-    folder = run_dir(logs, spec["name"], run)
+def resume_checkpoint(folder: str) -> tuple[Optional[str], list[str]]:
+    """The checkpoint a run in ``folder`` resumes from: its newest one that loads (last.ckpt, or a periodic one
+    when a failed save or a crash left last.ckpt broken), and a line for each newer one that was skipped."""
+    from nfl.checkpoints import newest_loadable  # torch: only when there is something to resume
+
+    checkpoints = os.path.join(folder, "checkpoints")
+    return newest_loadable(checkpoints) if os.path.isdir(checkpoints) else (None, [])
+
+
+def command(spec: dict[str, Any], run: Run, logs: str, ckpt_path: Optional[str] = None) -> list[str]:
+    """The ``python -m nfl fit`` command of one run, resuming from ``ckpt_path`` if given."""
     cmd = [sys.executable, "-m", "nfl", "fit", "--config", spec["base"], *spec.get("args", []), *run.overrides]
     cmd += [
         f"--seed_everything={run.seed}",
@@ -117,30 +127,43 @@ def command(spec: dict[str, Any], run: Run, logs: str) -> list[str]:
         "--trainer.logger.default_hp_metric=false",
         "--test_after_fit=true",
     ]
-    last = os.path.join(folder, "checkpoints", "last.ckpt")
-    if os.path.isfile(last):
-        cmd += ["--ckpt_path", last]
+    if ckpt_path is not None:
+        cmd += ["--ckpt_path", ckpt_path]
     return cmd
 
 
-def run_child(cmd: list[str], log_path: str) -> Optional[int]:
-    """Run one training process; its exit code, or None when Ctrl-C stopped the sweep.
+class Signals:
+    """SIGINT and SIGTERM while the sweep runs: the first is forwarded once to the running child, then the sweep stops.
 
-    The child runs in its own session so that a terminal's Ctrl-C reaches only the sweep, which then sends the
-    child exactly one SIGINT and waits while Lightning saves ``last.ckpt`` (a second signal could cut that
-    save short; ``subprocess.call`` would even kill the child outright).
+    The child runs in its own session so that a terminal's Ctrl-C reaches only the sweep; a second signal is
+    not forwarded, since it could cut the child's save of ``last.ckpt`` short.
     """
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self.child: Optional[subprocess.Popen] = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+            if self.child is not None and self.child.poll() is None:
+                self.child.send_signal(signum)
+
+
+def run_child(cmd: list[str], log_path: str, signals: Signals, save_timeout: float = 300.0) -> int:
+    """Run one training process and return its exit code; after a signal, wait up to ``save_timeout`` seconds
+    for it to save ``last.ckpt`` and exit, then kill it."""
     with open(log_path, "a") as out:
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
+        signals.child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = None
+        while True:
             try:
-                child.wait(timeout=300)
+                return signals.child.wait(timeout=1.0)
             except subprocess.TimeoutExpired:
-                child.kill()
-            return None
+                if signals.received is not None:
+                    deadline = deadline or time.monotonic() + save_timeout
+                    if time.monotonic() > deadline:
+                        signals.child.kill()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -160,25 +183,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.only:
         runs = [r for r in runs if re.search(args.only, r.name)]
+    signals = Signals()
+    previous = {s: signal.signal(s, signals) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_all(spec, runs, args, signals)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run_all(spec: dict[str, Any], runs: list[Run], args: argparse.Namespace, signals: Signals) -> int:
     failed, started = [], time.time()
     for i, run in enumerate(runs, start=1):
+        if signals.received is not None:
+            return 128 + signals.received
         folder = run_dir(args.logs, spec["name"], run)
         tag = f"[{i}/{len(runs)}] {run.name}"
         if os.path.isfile(os.path.join(folder, DONE)):
             print(f"{tag}: finished earlier, skipped")
             continue
-        cmd = command(spec, run, args.logs)
+        ckpt_path, skipped = resume_checkpoint(folder)
+        for reason in skipped:
+            print(f"{tag}: skipping a checkpoint: {reason}", flush=True)
+        cmd = command(spec, run, args.logs, ckpt_path)
         if args.dry_run:
             print(f"{tag}: {' '.join(cmd)}")
             continue
+        if signals.received is not None:
+            return 128 + signals.received
         os.makedirs(folder, exist_ok=True)
-        resumed = "--ckpt_path" in cmd
-        print(f"{tag}: {'resuming' if resumed else 'running'} (output in {folder}/stdout.log)", flush=True)
+        resumed = ckpt_path is not None
+        doing = f"resuming from {os.path.basename(ckpt_path)}" if resumed else "running"
+        print(f"{tag}: {doing} (output in {folder}/stdout.log)", flush=True)
         t0 = time.time()
-        code = run_child(cmd, os.path.join(folder, "stdout.log"))
-        if code is None:
-            print(f"{tag}: interrupted; its last.ckpt is saved. Run the sweep again to resume.", file=sys.stderr)
-            return 130
+        code = run_child(cmd, os.path.join(folder, "stdout.log"), signals)
+        if signals.received is not None:
+            name = signal.Signals(signals.received).name
+            if code == 128 + signals.received:
+                print(f"{tag}: stopped by {name}; its last.ckpt is saved. Run the sweep again to resume.", file=sys.stderr)
+            else:
+                print(f"{tag}: stopped by {name}; the run exited with {code} (see {folder}/stdout.log).", file=sys.stderr)
+            return 128 + signals.received
         if code != 0:
             print(f"{tag}: FAILED with exit code {code}; see {folder}/stdout.log", flush=True)
             failed.append(run.name)

@@ -118,3 +118,20 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def version_dir(root: Path, version: int = 0) -> Path:
     return root / "lightning_logs" / f"version_{version}"
+
+
+def logged(root: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of every version folder under ``root`` (a resumed run may write a folder of its own)."""
+    merged: dict[str, list[tuple[int, float]]] = {}
+    for folder in sorted((root / "lightning_logs").iterdir()):
+        for tag, points in read_scalars(str(folder)).items():
+            merged.setdefault(tag, []).extend(points)
+    return {tag: sorted(points) for tag, points in merged.items()}
+
+
+def assert_same_series(resumed: dict, uninterrupted: dict) -> None:
+    for tag in ("val/loss", "val/exact_match", "train/loss"):
+        steps = [s for s, _ in uninterrupted[tag]]
+        assert [s for s, _ in resumed[tag]] == steps, tag
+        for (_, a), (_, b) in zip(resumed[tag], uninterrupted[tag]):
+            assert abs(a - b) < 1e-6, (tag, a, b)

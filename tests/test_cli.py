@@ -96,14 +96,15 @@ def test_corrupt_data_file_is_reported_with_file_and_line(run_cli, tiny_config, 
 
 
 def test_validate_test_and_predict_from_a_checkpoint(run_cli, tiny_config, tmp_path):
-    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "4")
+    reverse = ["--data.init_args.reverse", "true"]  # a checkpoint is used with the options it was trained with
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "4", *reverse)
     ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
     for sub in ("validate", "test"):
-        cli = run_cli(sub, "--config", str(tiny_config), "--ckpt_path", ckpt)
+        cli = run_cli(sub, "--config", str(tiny_config), "--ckpt_path", ckpt, *reverse)
         assert f"{'val' if sub == 'validate' else 'test'}/exact_match" in cli.trainer.callback_metrics
     out = tmp_path / "out" / "predictions.tsv"
     cli = run_cli(
-        "predict", "--config", str(tiny_config), "--ckpt_path", ckpt, "--data.init_args.reverse", "true",
+        "predict", "--config", str(tiny_config), "--ckpt_path", ckpt, *reverse,
         "--trainer.callbacks+=nfl.callbacks.PredictionWriter", f"--trainer.callbacks.path={out}",
     )
     rows = [line.split("\t") for line in out.read_text().splitlines()]

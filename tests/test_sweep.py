@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from nfl.report import main as report_main
 from nfl.report import verdict
@@ -70,6 +71,23 @@ def test_sweep_runs_each_combination_then_reports(sweep_file, tmp_path, capsys):
     assert "objective=tf,seed=1: resuming" in out and "objective=reverse,seed=0: running" in out
     assert all(os.path.getmtime(runs[name] / DONE) == mtime for name, mtime in kept.items())
     assert all((p / DONE).is_file() for p in folders(tmp_path).values())
+
+
+def test_a_sweep_resumes_from_the_newest_checkpoint_that_loads(tmp_path, tiny_config, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "one.yaml"
+    sweep.write_text(f'name: one\nbase: {tiny_config}\nargs: ["--trainer.max_steps=6"]\ngrid: {{objective: {{tf: {{}}}}}}\n')
+    assert sweep_main(["--config", str(sweep)]) == 0
+    run = tmp_path / "lightning_logs" / "one" / "objective=tf,seed=0"
+    last = run / "checkpoints" / "last.ckpt"
+    (run / DONE).unlink()
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a save cut short by a full disk
+    capsys.readouterr()
+    assert sweep_main(["--config", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "skipping a checkpoint: Checkpoint lightning_logs/one/objective=tf,seed=0/checkpoints/last.ckpt does not load" in out
+    assert "resuming from epoch=0-step=4.ckpt" in out and (run / DONE).is_file()
+    assert torch.load(last, weights_only=False)["global_step"] == 6 and not list(last.parent.glob("last-v*"))
 
 
 def test_sweep_files_are_checked(tmp_path, capsys):
