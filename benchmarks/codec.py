@@ -24,8 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.hf_tiny builds the stand-ins
 
-from nfl.data.path_star import sample_graphs  # noqa: E402
-from nfl.data.vocab import PathStarTask  # noqa: E402
+from nfl.tasks import PathStar  # noqa: E402
 from nfl.models.hf import HFCausalLM  # noqa: E402
 
 
@@ -35,8 +34,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
-    task = PathStarTask(2, 5, 50)
-    prefix, target = (torch.from_numpy(a) for a in sample_graphs(np.random.default_rng(0), args.batch_size, task))
+    task = PathStar(2, 5, 50)
+    prefix, target = (torch.from_numpy(a) for a in task.sample(np.random.default_rng(0), args.batch_size))
     models = args.model
     if not models:
         from tests.hf_tiny import gpt2_like, pythia_like

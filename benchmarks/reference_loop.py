@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from nfl.data.path_star import sample_graphs
-from nfl.data.vocab import PathStarTask
+from nfl.tasks import PathStar
 
 
 def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -117,10 +116,10 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
-    task = PathStarTask(2, 5, 50)
+    task = PathStar(2, 5, 50)
     P = task.prefix_len
     torch.manual_seed(0)
-    prefix, path = sample_graphs(np.random.default_rng(0), 256 * (args.steps + 2), task)
+    prefix, path = task.sample(np.random.default_rng(0), 256 * (args.steps + 2))
     sequences = list(torch.from_numpy(np.concatenate([prefix, path], axis=1)))
     model = Model(task.vocab_size, P + task.path_len, args.layers, args.width, args.heads)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
@@ -140,7 +139,7 @@ def main() -> None:
     print(f"stand-in {size}: train {1e3 * (time.perf_counter() - start) / args.steps:.1f} ms/step (batch 256)")
 
     model.eval()
-    test = torch.from_numpy(sample_graphs(np.random.default_rng(1), 2000, task)[0])
+    test = torch.from_numpy(task.sample(np.random.default_rng(1), 2000)[0])
     model.generate(test[:256], task.path_len)
     start = time.perf_counter()
     for batch in test.split(256):

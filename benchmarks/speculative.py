@@ -21,22 +21,21 @@ from typing import Optional
 import numpy as np
 import torch
 
-from nfl.data.path_star import sample_graphs
-from nfl.data.vocab import PathStarTask
+from nfl.tasks import PathStar
 from nfl.decoding import greedy_decode
 from nfl.models.gpt import GPT
 from nfl.objectives import MultiTokenHeads
 from nfl.system import PathStarSystem
 
 
-def load(ckpt: Optional[str], k: int) -> tuple[PathStarTask, GPT, MultiTokenHeads]:
+def load(ckpt: Optional[str], k: int) -> tuple[PathStar, GPT, MultiTokenHeads]:
     if ckpt:
         system = PathStarSystem.load_from_checkpoint(ckpt, map_location="cpu")
         if not isinstance(system.objective, MultiTokenHeads) or system.objective.k < 2:
             raise SystemExit(f"{ckpt}: needs a MultiTokenHeads objective with k >= 2 to draft")
         return system.task, system.backbone.eval(), system.objective.eval()
     torch.manual_seed(0)
-    task = PathStarTask(2, 5, 50)
+    task = PathStar(2, 5, 50)
     backbone = GPT(task.vocab_size, task.seq_len, n_layer=2, d_model=128, n_head=4).eval()  # quickstart size
     objective = MultiTokenHeads(k=k)
     objective.bind(task, backbone)
@@ -65,7 +64,7 @@ def main() -> None:
         stats = {"greedy": ([], []), "spec": ([], [])}  # (passes, seconds) per batch
         differ, reference, exact = 0, 0, []
         for _ in range(args.batches):
-            prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, B, task))
+            prefix, target = (torch.from_numpy(a) for a in task.sample(rng, B))
             results = {}
             for name in ("greedy", "spec"):
                 objective.speculative = name == "spec"

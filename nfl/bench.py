@@ -24,16 +24,15 @@ import numpy as np
 import torch
 
 from nfl.cli import NFLCLI, user_error
-from nfl.data.datamodule import PathStarDataModule
-from nfl.data.path_star import sample_graphs
+from nfl.data.datamodule import TaskDataModule
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise
-from nfl.system import PathStarSystem
+from nfl.system import GraphSystem
 
 
-def build(config: str, overrides: Sequence[str]) -> tuple[PathStarSystem, PathStarDataModule]:
+def build(config: str, overrides: Sequence[str]) -> tuple[GraphSystem, TaskDataModule]:
     cli = NFLCLI(
-        PathStarSystem, PathStarDataModule, subclass_mode_data=True, run=False,
+        GraphSystem, TaskDataModule, subclass_mode_data=True, run=False,
         args=["--config", config, *overrides], save_config_callback=None,
     )
     return cli.model, cli.datamodule
@@ -58,7 +57,7 @@ def timed(fn, repeats: int, sync, warmup: int = 1) -> float:
     return statistics.median(seconds)
 
 
-def model_flops_per_token(system: PathStarSystem, seq_len: int) -> float:
+def model_flops_per_token(system: GraphSystem, seq_len: int) -> float:
     """Training FLOPs per token: 6 per non-embedding parameter plus attention (Kaplan et al. 2020)."""
     bb = system.backbone
     n = sum(p.numel() for name, p in bb.named_parameters() if "emb" not in name and "wte" not in name)
@@ -100,13 +99,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"nfl.bench: {' '.join(sys.argv)}")
     print(f"device {device}{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} CPU threads, precision {args.precision}, compile {args.compile}")
-    print(f"task G({task.degree},{task.path_len},{task.num_nodes}), backbone {type(system.backbone).__name__} "
+    print(f"task {task.describe()}, backbone {type(system.backbone).__name__} "
           f"{sum(p.numel() for p in system.parameters()) / 1e6:.2f}M params, objective {type(system.objective).__name__}")
 
     # --- data generation (numpy, one core) -------------------------------------------------------------
     for n in (data.batch_size, 65536):
         rng = np.random.default_rng(0)
-        seconds = timed(lambda: sample_graphs(rng, n, task), max(3, 200000 // n), lambda: None)
+        seconds = timed(lambda: task.sample(rng, n), max(3, 200000 // n), lambda: None)
         print(f"generate      batch {n:>6}: {n / seconds:>12,.0f} graphs/s")
 
     # --- training steps ------------------------------------------------------------------------------
@@ -152,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # "tf + free": what validation and test run, the teacher-forced pass and free-running decoding together
     # (TeacherForcing reuses the teacher-forced pass as the decoding's prefill).
     system.eval()
-    graphs = (torch.from_numpy(a).to(device) for a in sample_graphs(np.random.default_rng(1), args.eval_graphs, task))
+    graphs = (torch.from_numpy(a).to(device) for a in task.sample(np.random.default_rng(1), args.eval_graphs))
     batches = list(zip(*(g.split(data.eval_batch_size) for g in graphs)))
     objective = system.objective
     modes = [("cached", True), ("uncached", False)] if hasattr(objective, "use_cache") else [("one pass", None)]

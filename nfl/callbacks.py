@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.data.path_star import format_lines
 from nfl.errors import UserInputError
+from nfl.metrics import read_answers
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,13 @@ class StopOnNonFiniteLoss(Callback):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Write ``predict`` results as TSV: the graph in reference format, the predicted path, and 1/0 for correct.
+    """Write ``predict`` results as TSV: the graph in its task's text format, the predicted path, and 1/0 for
+    correct (the test of ``exact_match``).
 
     The graph column is the held-out line itself (forward path, as in the data file); the prediction is also
-    written start-first, so reversed-target models read the same way. Predictions that are not node ids are
-    written as they are. Under DDP each rank writes ``<path>.rank<R>``.
+    written start-first, so reversed-target models read the same way. Predicted tokens that are not node ids
+    are written as they are (-1 where a pretrained model's text did not parse). Under DDP each rank writes
+    ``<path>.rank<R>``.
 
     Args:
         path: output file, e.g. ``predictions.tsv``; its folder is created.
@@ -158,13 +160,10 @@ class PredictionWriter(BasePredictionWriter):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="ascii", newline="\n") as f:
             for batch in predictions:
-                target, prediction = batch["target"], batch["prediction"]
-                correct = (prediction == target).all(dim=1)
-                if batch.get("well_formed") is not None:  # generated text that was not exactly l nodes
-                    correct &= batch["well_formed"]
-                if reverse:
-                    target, prediction = target.flip(1), prediction.flip(1)
-                lines = format_lines(batch["prefix"].numpy(), target.numpy(), task)
-                for line, pred, ok in zip(lines, prediction.tolist(), correct.tolist()):
-                    f.write(f"{line}\t{','.join(map(str, pred))}\t{int(ok)}\n")
+                prefix, target, prediction = batch["prefix"], batch["target"], batch["prediction"]
+                read = read_answers(task, reverse, prefix, target, prediction, prediction, batch.get("length"), batch.get("well_formed"))
+                forward = task.reverse_answers(target) if reverse else target
+                lines = task.format_lines(prefix.numpy(), forward.numpy())
+                for line, pred, n, ok in zip(lines, read.fwd_free.tolist(), read.free_len.tolist(), read.exact.tolist()):
+                    f.write(f"{line}\t{','.join(map(str, pred[:n]))}\t{int(ok)}\n")
         log.info("Wrote %d predictions to %s.", sum(len(b["target"]) for b in predictions), path)

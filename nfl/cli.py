@@ -1,7 +1,8 @@
 """``python -m nfl fit|validate|test|predict --config FILE``: LightningCLI wiring of data, backbone and objective.
 
-The task's size (degree, path_len, num_nodes) and encoding (reverse) are set once, on the data module, and
-linked into the system, which builds the backbone for that vocabulary and sequence length.
+The graph task (``data.init_args.task``, or path-star's shorthand options on ``PathStarDataModule``) and its
+encoding (``reverse``) are set once, on the data module, and linked into the system, which builds the backbone
+for the task's vocabulary and sequence length.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.callbacks import KeepLastCheckpoint, StopOnNonFiniteLoss
 from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
-from nfl.data.datamodule import PathStarDataModule
 from nfl.config_checks import check_run_config, check_writable, check_yaml_syntax, locate, os_error_line
+from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
 from nfl.runs import checkpoint_file, refuse_contradictions, settle_log_folder
 from nfl.signals import StopOnSignal
-from nfl.system import PathStarSystem
+from nfl.system import GraphSystem
+from nfl.tasks.config import reverse_of, task_from_data, task_spec
+from nfl.tasks.path_star import PathStar
 
-LINKED = ("degree", "path_len", "num_nodes", "reverse")
+LINKED = ("task", "reverse")  # data module attributes the system is built with
 # Model options a checkpoint's weights were made with; on fit the optimizer state (lr, decay, betas) as well.
 WEIGHT_OPTIONS = ("backbone", "objective", *LINKED)
 OPTIMIZER_OPTIONS = ("lr", "weight_decay", "betas")
@@ -38,8 +41,8 @@ class NFLCLI(LightningCLI):
     """LightningCLI with the data -> model links and an optional test run right after ``fit``."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        for name in LINKED:
-            parser.link_arguments(f"data.init_args.{name}", f"model.{name}")
+        for name in LINKED:  # from the instantiated data module, whichever class it is
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
         parser.add_argument(
             "--test_after_fit",
             type=bool,
@@ -55,9 +58,28 @@ class NFLCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else None
         ckpt = checkpoint_file(config.get("ckpt_path")) if config is not None else None
         if ckpt is not None:
-            saved = read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {}
+            saved = legacy_task(read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {})
             keys = WEIGHT_OPTIONS + (OPTIMIZER_OPTIONS if subcommand == "fit" else ())
-            refuse_contradictions(ckpt, saved, config.model, keys, {k: f"data.init_args.{k}" for k in LINKED})
+            given = config.model.clone()  # the task and encoding come from the data module, as the links will
+            data = config.data.as_dict() if hasattr(config.data, "as_dict") else config.data
+            given.task, given.reverse = task_spec(task_from_data(data)), reverse_of(data)
+            shorthand = str(data.get("class_path", "")).endswith("PathStarDataModule")  # degree etc. on the data
+            where = "data.init_args" if shorthand else "data.init_args.task.init_args"
+            refuse_contradictions(ckpt, saved, given, keys, {"task": where, "reverse": "data.init_args.reverse"})
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's own (the checkpoint's model options replace the config's), for checkpoints written
+        before graph tasks were pluggable too: their ``degree``, ``path_len`` and ``num_nodes`` are path-star's."""
+        subcommand = self.config.get("subcommand")
+        ckpt = checkpoint_file(self.config[subcommand].get("ckpt_path")) if subcommand else None
+        if ckpt is None:
+            return
+        hparams = legacy_task(dict(read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {}))
+        hparams.pop("_instantiator", None)
+        for linked in LINKED:  # set from the data module at instantiation, and checked equal above
+            hparams.pop(linked, None)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_validate(self) -> None:
         silence_evaluation_noise()
@@ -83,6 +105,17 @@ class NFLCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
             self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+def legacy_task(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint hyperparameters with the ``degree``/``path_len``/``num_nodes`` of a checkpoint written before
+    graph tasks were pluggable turned into the path-star task they describe."""
+    if "task" in hparams or "degree" not in hparams:
+        return hparams
+    hparams = dict(hparams)
+    sizes = {k: hparams.pop(k) for k in ("degree", "path_len", "num_nodes") if k in hparams}
+    hparams["task"] = {"class_path": "nfl.tasks.path_star.PathStar", "init_args": {**task_spec(PathStar())["init_args"], **sizes}}
+    return hparams
 
 
 def trainer_defaults() -> dict:
@@ -115,8 +148,8 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
     try:
         check_yaml_syntax(sys.argv[1:] if args is None else args)
         return NFLCLI(
-            PathStarSystem,
-            PathStarDataModule,
+            GraphSystem,
+            TaskDataModule,
             subclass_mode_data=True,
             trainer_defaults=defaults,
             save_config_kwargs={"overwrite": True},

@@ -7,35 +7,54 @@ et al. 2024 §3.2 with multi-token heads).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from nfl.models.base import Backbone
 
 
+def _stopped(out: torch.Tensor, t: int, stop: Optional[int]) -> bool:
+    """Whether every row has emitted ``stop`` by step ``t``; if so, the rest of ``out`` is filled with it.
+
+    Decoding answers that end with an end token stops once every row has ended; what a row would emit after
+    its end token is never read, so the tokens are the same as decoding the whole budget, up to the end.
+    """
+    if stop is None or t + 1 == out.shape[1] or not bool((out[:, : t + 1] == stop).any(dim=1).all()):
+        return False
+    out[:, t + 1 :] = stop
+    return True
+
+
 @torch.no_grad()
-def greedy_decode(backbone: Backbone, prefix: torch.Tensor, steps: int, use_cache: bool = True) -> torch.Tensor:
-    """Append ``steps`` argmax tokens to ``prefix`` (B, P); returns only the new tokens (B, steps).
+def greedy_decode(
+    backbone: Backbone, prefix: torch.Tensor, steps: int, use_cache: bool = True, stop: Optional[int] = None
+) -> torch.Tensor:
+    """Append up to ``steps`` argmax tokens to ``prefix`` (B, P); returns only the new tokens (B, steps).
 
     The cached path runs the prefix once and then one token per step against the backbone's cache
-    (KV cache for GPT, recurrent state for Mamba); ``use_cache=False`` is the plain reference.
+    (KV cache for GPT, recurrent state for Mamba); ``use_cache=False`` is the plain reference. With ``stop``
+    (an end token), decoding ends once every row has emitted it (see :func:`_stopped`).
     """
     B, P = prefix.shape
     if use_cache:
         cache = backbone.new_cache(B, P + steps - 1)
         hidden = backbone(prefix, cache, output_from=P - 1)  # (B, 1, D): only the last position is read
-        return continue_greedy(backbone, cache, backbone.unembed(hidden[:, -1]), steps)
+        return continue_greedy(backbone, cache, backbone.unembed(hidden[:, -1]), steps, stop)
     out = prefix.new_empty(B, steps)
     seq = prefix
     for t in range(steps):
         out[:, t] = backbone.unembed(backbone(seq, output_from=seq.shape[1] - 1)[:, -1]).argmax(-1)
+        if _stopped(out, t, stop):
+            break
         seq = torch.cat([prefix, out[:, : t + 1]], dim=1)
     return out
 
 
 @torch.no_grad()
-def continue_greedy(backbone: Backbone, cache: Any, logits: torch.Tensor, steps: int) -> torch.Tensor:
+def continue_greedy(
+    backbone: Backbone, cache: Any, logits: torch.Tensor, steps: int, stop: Optional[int] = None
+) -> torch.Tensor:
     """Greedy tokens (B, steps) from a cache that holds the prefix and the logits (B, V) that follow it.
 
     Whatever filled the cache (a prefill, or a teacher-forced pass rewound to the prefix) is not repeated.
@@ -43,6 +62,8 @@ def continue_greedy(backbone: Backbone, cache: Any, logits: torch.Tensor, steps:
     out = logits.new_empty(logits.shape[0], steps, dtype=torch.long)
     for t in range(steps):
         out[:, t] = logits.argmax(-1)
+        if _stopped(out, t, stop):
+            break
         if t + 1 < steps:
             logits = backbone.unembed(backbone(out[:, t : t + 1], cache)[:, -1])  # (B, V)
     return out

@@ -1,92 +1,181 @@
-"""Path-star evaluation as a torchmetrics ``Metric``: exact match, per-position accuracy and the Clever-Hans signature.
+"""Evaluation metrics for any graph task, as torchmetrics ``Metric`` s: answer metrics and graph diagnostics.
 
-Positions are 1-based and in the order the model emits them (with ``reverse`` the goal comes first).
-Quantities that are about the graph rather than the emission order are computed on the path read forward
-(start first), whatever the encoding:
+Positions are 1-based and in the order the model emits them (with ``reverse`` the goal comes first). Where
+answers differ in length, ``free/pos_i`` and ``tf/pos_i`` average over the rows whose answer has a position
+``i``, and the end token is never a position. Quantities that are about the graph rather than the emission
+order are computed on paths read forward (start first), whatever the encoding:
 
-- ``decision_acc``: free-running accuracy on the node right after the start, the only one that needs
-  planning (position 2 forward, position ``l-1`` reversed); ``chance`` = ``1/d`` next to it.
-- ``tf/pos_ge3``: teacher-forced accuracy on forward positions 3..l, high when the model has learned the
-  Clever-Hans shortcut of following edges from the given previous node.
-- ``edge_follow_rate``: of all consecutive pairs the model generated, the fraction that are edges.
-- ``wrong_arm_rate``: the fraction of predictions that are a valid start-to-leaf path along the edges
-  but end on a leaf other than the goal (the model followed edges correctly down the wrong arm).
+- ``exact_match``: the whole answer, of the right length (for tasks whose answers are not unique, such as
+  shortest paths in a DAG, any correct answer counts; per-position accuracies compare with the data's answer);
+- ``decision_acc``: free-running accuracy at the answer positions whose predecessor on the path has more than
+  one outgoing edge (the positions that need planning; position 2 on path-star), with ``chance``, the mean over
+  those positions of one over the predecessor's out-degree; ``tf/decision_acc`` and ``tf/non_decision_acc``
+  are the teacher-forced accuracies at those positions and at all others (high off-decision with the decision
+  at chance is the Clever-Hans signature on any graph);
+- ``edge_follow_rate``: of all consecutive pairs of generated nodes, the fraction that are edges;
+- ``valid_path_rate``: answers that start at the start and follow edges at every step;
+  ``reaches_goal_rate``: valid answers that end at the goal.
 
 All states are sums, so values are exact under DDP (torchmetrics sums them across ranks).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torchmetrics import Metric
 
-from nfl.data.vocab import PathStarTask
+from nfl.tasks.base import GraphTask
 
 
-class PathStarMetrics(Metric):
-    """Accumulates free-running and teacher-forced predictions of path-star answers."""
+def flip_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse the first ``lengths[b]`` entries of each row of (B, L) ``x``; the rest stay."""
+    cols = torch.arange(x.shape[1], device=x.device)
+    inside = cols[None, :] < lengths[:, None]
+    idx = (lengths[:, None] - 1 - cols[None, :]).clamp(min=0)
+    return x.gather(1, idx).where(inside, x)
+
+
+@dataclass
+class ReadAnswers:
+    """One evaluation batch on node positions, in emitted order and read forward (start first)."""
+
+    prefix: torch.Tensor  # (B, P) numeral prefix
+    target: torch.Tensor  # (B, L) the data's answer nodes, emitted order, -1 past its length
+    length: torch.Tensor  # (B,) nodes in the data's answer
+    free: torch.Tensor  # (B, L) generated nodes, emitted order, -1 past the generated length
+    free_len: torch.Tensor  # (B,) generated nodes
+    tf: torch.Tensor  # (B, L) teacher-forced predictions at the data's positions, emitted order
+    well_formed: torch.Tensor  # (B,) bool: the generated answer parsed (ended where an end is expected)
+    fwd_target: torch.Tensor
+    fwd_free: torch.Tensor
+    fwd_tf: torch.Tensor
+    inside: torch.Tensor  # (B, L) bool: position exists in the data's answer
+    is_edge: torch.Tensor  # (B, L-1) bool: generated forward pair (i, i+1) is an edge of the graph
+    pairs: torch.Tensor  # (B, L-1) bool: the pair lies inside the generated answer
+    valid: torch.Tensor  # (B,) bool: the generated answer starts at the start and follows edges
+    reaches_goal: torch.Tensor  # (B,) bool
+    exact: torch.Tensor  # (B,) bool
+    out_degree: torch.Tensor  # (B, L) out-degree of the data's forward node at each position
+    decision: torch.Tensor  # (B, L) bool: forward position whose predecessor has out-degree > 1
+
+
+def read_answers(
+    task: GraphTask,
+    reverse: bool,
+    prefix: torch.Tensor,
+    target: torch.Tensor,
+    free: torch.Tensor,
+    tf: torch.Tensor,
+    free_len: Optional[torch.Tensor] = None,
+    well_formed: Optional[torch.Tensor] = None,
+) -> ReadAnswers:
+    """Align one batch: ``target`` is the numeral answer (end token and IGNORE_INDEX allowed), ``free`` and
+    ``tf`` are node predictions (B, >= max_path_len) in emitted order, -1 where there is none."""
+    L, N = task.max_path_len, task.num_nodes
+    length = task.answer_lengths(target)
+    cols = torch.arange(L, device=target.device)
+    inside = cols[None, :] < length[:, None]
+    minus = torch.full_like(target[:, :L], -1)
+    target = target[:, :L].where(inside, minus)
+    free = free[:, :L]
+    free_len = torch.full_like(length, L) if free_len is None else free_len
+    free = free.where(cols[None, :] < free_len[:, None], torch.full_like(free, -1))
+    tf = tf[:, :L].where(inside, minus)
+    well_formed = torch.ones_like(length, dtype=torch.bool) if well_formed is None else well_formed
+    if reverse:
+        fwd_target, fwd_free, fwd_tf = flip_within(target, length), flip_within(free, free_len), flip_within(tf, length)
+    else:
+        fwd_target, fwd_free, fwd_tf = target, free, tf
+
+    parents, children = task.edges_of(prefix)  # (B, E)
+    real = (parents >= 0) & (parents < N)
+    start, goal = task.query_of(prefix)
+    pairs = cols[None, :-1] < (free_len - 1)[:, None]  # (B, L-1)
+    is_edge = (
+        (fwd_free[:, :-1, None] == parents[:, None, :]) & (fwd_free[:, 1:, None] == children[:, None, :]) & real[:, None, :]
+    ).any(dim=2)
+    rows = torch.arange(len(length), device=target.device)
+    last = fwd_free[rows, (free_len - 1).clamp(min=0)]
+    valid = (fwd_free[:, 0] == start) & (is_edge | ~pairs).all(dim=1) & (free_len >= 1) & well_formed
+    reaches_goal = valid & (last == goal)
+    if getattr(task, "any_shortest_path", False):
+        exact = reaches_goal & (free_len == length)
+    else:
+        exact = ((free == target) | ~inside).all(dim=1) & (free_len == length) & well_formed
+    out_degree = ((fwd_target[:, :, None] == parents[:, None, :]) & real[:, None, :]).sum(dim=2)  # (B, L)
+    decision = torch.zeros_like(inside)
+    decision[:, 1:] = (out_degree[:, :-1] > 1) & inside[:, 1:]
+    return ReadAnswers(
+        prefix, target, length, free, free_len, tf, well_formed, fwd_target, fwd_free, fwd_tf, inside, is_edge,
+        pairs, valid, reaches_goal, exact, out_degree, decision,
+    )
+
+
+class AnswerMetrics(Metric):
+    """Exact match, per-position free-running and teacher-forced accuracy, loss, and the graph diagnostics
+    of the module docstring, for any graph task."""
 
     full_state_update = False
 
-    def __init__(self, task: PathStarTask, reverse: bool = False) -> None:
+    def __init__(self, task: GraphTask, reverse: bool = False) -> None:
         super().__init__()
         self.task, self.reverse = task, reverse
-        l = task.path_len
-        for name, shape in (("free_correct", (l,)), ("tf_correct", (l,))):
-            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
-        for name in ("n", "exact", "edge_hits", "edge_pairs", "wrong_arm", "loss_sum"):
+        L = task.max_path_len
+        for name in ("free_correct", "tf_correct", "rows_with"):
+            self.add_state(name, torch.zeros(L, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in (
+            "n", "exact", "loss_sum", "edge_hits", "edge_pairs", "valid", "reaches_goal", "decisions",
+            "decision_free", "decision_tf", "decision_chance", "others", "other_tf",
+        ):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(
-        self,
-        prefix: torch.Tensor,
-        target: torch.Tensor,
-        free_pred: torch.Tensor,
-        tf_pred: torch.Tensor,
-        loss: torch.Tensor,
-        well_formed: Optional[torch.Tensor] = None,
-    ) -> None:
-        """Args: prefix (B, P); target, free_pred, tf_pred (B, l) in emitted order (-1: no node there); loss:
-        mean over the batch; well_formed (B,): whether each generated answer parsed as exactly ``l`` nodes
-        (text-generating models), None when every answer is ``l`` node tokens by construction."""
-        B = target.shape[0]
-        free_ok = free_pred == target  # (B, l)
+    def update(self, batch: ReadAnswers, loss: torch.Tensor) -> None:
+        """``loss``: the mean over the batch."""
+        B = batch.length.shape[0]
         self.n += B
-        exact = free_ok.all(dim=1)
-        self.exact += (exact if well_formed is None else exact & well_formed).sum()
-        self.free_correct += free_ok.sum(dim=0)
-        self.tf_correct += (tf_pred == target).sum(dim=0)
         self.loss_sum += loss.detach().double() * B
-
-        e = self.task.num_edges
-        parents, children = prefix[:, 0 : 3 * e : 3], prefix[:, 1 : 3 * e : 3]  # (B, E)
-        start, goal = prefix[:, 3 * e], prefix[:, 3 * e + 1]  # (B,)
-        path = free_pred.flip(1) if self.reverse else free_pred  # (B, l), start first
-        is_edge = (
-            (path[:, :-1, None] == parents[:, None, :]) & (path[:, 1:, None] == children[:, None, :])
-        ).any(dim=2)  # (B, l-1)
-        self.edge_hits += is_edge.sum()
-        self.edge_pairs += is_edge.numel()
-        valid = (path[:, 0] == start) & is_edge.all(dim=1)
-        self.wrong_arm += (valid & (path[:, -1] != goal)).sum()
+        self.exact += batch.exact.sum()
+        self.rows_with += batch.inside.sum(dim=0)
+        self.free_correct += ((batch.free == batch.target) & batch.inside).sum(dim=0)
+        self.tf_correct += ((batch.tf == batch.target) & batch.inside).sum(dim=0)
+        self.edge_hits += (batch.is_edge & batch.pairs).sum()
+        self.edge_pairs += batch.pairs.sum()
+        self.valid += batch.valid.sum()
+        self.reaches_goal += batch.reaches_goal.sum()
+        d = batch.decision
+        self.decisions += d.sum()
+        self.decision_free += ((batch.fwd_free == batch.fwd_target) & d).sum()
+        self.decision_tf += ((batch.fwd_tf == batch.fwd_target) & d).sum()
+        prev_degree = torch.ones_like(batch.out_degree)
+        prev_degree[:, 1:] = batch.out_degree[:, :-1]
+        self.decision_chance += (d / prev_degree.clamp(min=1)).sum()
+        other = batch.inside & ~d
+        self.others += other.sum()
+        self.other_tf += ((batch.fwd_tf == batch.fwd_target) & other).sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.n.clamp(min=1)
-        free, tf = self.free_correct / n, self.tf_correct / n
-        decision = self.task.path_len - 2 if self.reverse else 1  # 0-based index of the node after the start
+        rows = self.rows_with.clamp(min=1)
+        free, tf = self.free_correct / rows, self.tf_correct / rows
+        decisions = self.decisions.clamp(min=1)
         out = {
             "loss": self.loss_sum / n,
             "exact_match": self.exact / n,
-            "decision_acc": free[decision],
-            "chance": torch.tensor(self.task.chance, dtype=torch.float64),
             "edge_follow_rate": self.edge_hits / self.edge_pairs.clamp(min=1),
-            "wrong_arm_rate": self.wrong_arm / n,
+            "valid_path_rate": self.valid / n,
+            "reaches_goal_rate": self.reaches_goal / n,
         }
-        if self.task.path_len >= 3:  # the Clever-Hans signature: teacher-forced accuracy past the decision
-            out["tf/pos_ge3"] = (tf.flip(0) if self.reverse else tf)[2:].mean()  # forward positions 3..l
-        for i in range(self.task.path_len):
-            out[f"free/pos_{i + 1}"] = free[i]
-            out[f"tf/pos_{i + 1}"] = tf[i]
+        if self.decisions > 0:
+            out["decision_acc"] = self.decision_free / decisions
+            out["chance"] = self.decision_chance / decisions
+            out["tf/decision_acc"] = self.decision_tf / decisions
+        if self.others > 0:
+            out["tf/non_decision_acc"] = self.other_tf / self.others.clamp(min=1)
+        for i in range(self.task.max_path_len):
+            if self.rows_with[i] > 0:
+                out[f"free/pos_{i + 1}"] = free[i]
+                out[f"tf/pos_{i + 1}"] = tf[i]
         return {k: v.float() for k, v in out.items()}

@@ -3,9 +3,10 @@
 Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events, see :mod:`nfl.sweep`) and writes
 
 - ``results.md`` and ``results.csv``: one row per setting (runs that differ only in seed), with the mean and
-  standard deviation over seeds of test exact match, decision-token accuracy, teacher-forced accuracy at
-  positions >= 3, the chance line ``1/d``, and a plain verdict (``solved``, ``beats chance, not solved``,
-  ``at chance``, ``below chance: not learned``);
+  standard deviation over seeds of test exact match, decision accuracy, teacher-forced accuracy at and off the
+  decisions, the columns the run's task adds (path-star: teacher-forced accuracy at positions >= 3; read from
+  the run's saved ``config.yaml``), the chance line, and a plain verdict (``solved``, ``beats chance, not
+  solved``, ``at chance``, ``below chance: not learned``);
 - ``<setting>.png``: validation accuracy per position over training, free-running (left) beside
   teacher-forced (right), averaged over seeds, with the chance line: the Clever-Hans gap, and the order in
   which positions are learned.
@@ -27,7 +28,29 @@ from typing import Optional, Sequence
 from nfl.errors import UserInputError
 from nfl.sweep import DONE
 
-COLUMNS = [("exact_match", "test/exact_match"), ("decision_acc", "test/decision_acc"), ("tf_pos_ge3", "test/tf/pos_ge3")]
+# (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
+COLUMNS = [
+    ("exact_match", "test/exact_match", "test exact match"),
+    ("decision_acc", "test/decision_acc", "decision acc"),
+    ("tf_decision_acc", "test/tf/decision_acc", "tf decision acc"),
+    ("tf_non_decision_acc", "test/tf/non_decision_acc", "tf off-decision acc"),
+]
+HEADERS = {"tf_pos_ge3": "tf pos>=3"}  # markdown headers of task columns, where the csv name is not enough
+
+
+def task_columns(run_dir: str) -> list[tuple[str, str, str]]:
+    """The report columns of the task in a run's saved ``config.yaml`` (none when it cannot be read)."""
+    import yaml
+
+    from nfl.errors import UserInputError
+    from nfl.tasks.config import task_from_data
+
+    try:
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            task = task_from_data(yaml.safe_load(f).get("data"))
+    except (OSError, yaml.YAMLError, AttributeError, UserInputError):
+        return []
+    return [(name, tag, HEADERS.get(name, name)) for name, tag in task.report_columns]
 
 
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -50,6 +73,7 @@ def load_runs(sweep_dir: str) -> list[dict]:
         with open(marker) as f:
             run = json.load(f)
         run["scalars"] = read_scalars(os.path.dirname(marker))
+        run["columns"] = COLUMNS + task_columns(os.path.dirname(marker))
         runs.append(run)
     return runs
 
@@ -91,8 +115,9 @@ def summarise(runs: list[dict]) -> list[dict]:
         missing = [r["run"] for r in members if "test/exact_match" not in r["scalars"]]
         if missing:
             raise ValueError(f"runs without test metrics (re-run them): {', '.join(missing)}")
-        for column, tag in COLUMNS:
-            mean, std = _mean_std([r["scalars"][tag][-1][1] for r in members if tag in r["scalars"]])
+        for column, tag, _ in members[0]["columns"]:
+            values = [r["scalars"][tag][-1][1] for r in members if tag in r["scalars"]]
+            mean, std = _mean_std(values) if values else (float("nan"), float("nan"))
             row[f"{column}_mean"], row[f"{column}_std"] = mean, std
         row["chance"] = members[0]["scalars"]["test/chance"][-1][1]
         row["verdict"] = verdict(row["exact_match_mean"], row["decision_acc_mean"], row["chance"])
@@ -101,25 +126,33 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def write_tables(rows: list[dict], out: str, title: str) -> None:
+def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str, str, str]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # settings of different tasks may differ
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    pct = lambda r, c: f"{100 * r[c + '_mean']:.1f} ± {100 * r[c + '_std']:.1f}"  # noqa: E731
+
+    def pct(r: dict, c: str) -> str:
+        if f"{c}_mean" not in r or r[f"{c}_mean"] != r[f"{c}_mean"]:  # not logged by this run (NaN)
+            return "–"
+        return f"{100 * r[c + '_mean']:.1f} ± {100 * r[c + '_std']:.1f}"
+
     lines = [
         f"# {title}",
         "",
-        "Mean ± standard deviation over seeds of the final test metrics, in %. `tf pos>=3` is teacher-forced",
-        "accuracy on path positions 3..l: high while the decision is at chance is the Clever-Hans signature.",
+        "Mean ± standard deviation over seeds of the final test metrics, in %. The decision positions are those",
+        "whose predecessor on the path has more than one way on; teacher-forced (tf) accuracy high off them while",
+        "the decision sits at chance is the Clever-Hans signature (`tf pos>=3`: path-star positions 3..l).",
         "",
-        "| setting | seeds | test exact match | decision acc | chance | tf pos>=3 | verdict | wall time / run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| setting | seeds | " + " | ".join(h for _, _, h in columns) + " | chance | verdict | wall time / run |",
+        "|---|---|" + "---|" * len(columns) + "---|---|---|",
     ]
     for r in rows:
+        cells = " | ".join(pct(r, c) for c, _, _ in columns)
         lines.append(
-            f"| {r['setting']} | {r['seeds']} | {pct(r, 'exact_match')} | {pct(r, 'decision_acc')} | "
-            f"{100 * r['chance']:.0f} | {pct(r, 'tf_pos_ge3')} | {r['verdict']} | {r['wall_seconds_mean']:.0f} s |"
+            f"| {r['setting']} | {r['seeds']} | {cells} | {100 * r['chance']:.0f} | {r['verdict']} | "
+            f"{r['wall_seconds_mean']:.0f} s |"
         )
     lines += ["", "Per-position validation accuracy over training (left: free-running, right: teacher-forced):", ""]
     lines += [f"![{r['setting']}]({plot_name(r['setting'])})" for r in rows]
@@ -151,7 +184,7 @@ def plot_setting(setting: str, members: list[dict], out: str) -> str:
             # Later positions are drawn thinner on top, so lines that coincide stay visible.
             ax.plot(steps, mean, "o-", color=cmap(i / max(1, len(positions) - 1) * 0.9), markersize=3,
                     linewidth=3.2 - 2.2 * i / max(1, len(positions) - 1), label=f"position {pos}")
-        ax.axhline(chance, color="gray", linestyle=":", label=f"chance 1/d = {chance:.2f}")
+        ax.axhline(chance, color="gray", linestyle=":", label=f"chance {chance:.2f}")
         ax.set(xlabel="training step", title=f"{label} accuracy per position", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy")
@@ -182,7 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UserInputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    write_tables(rows, args.out, f"Sweep {runs[0]['sweep']}")
+    columns = list(dict.fromkeys(c for run in runs for c in run["columns"]))
+    write_tables(rows, args.out, f"Sweep {runs[0]['sweep']}", columns)
     groups = defaultdict(list)
     for run in runs:
         groups[",".join(f"{k}={v}" for k, v in run["settings"].items())].append(run)

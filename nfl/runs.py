@@ -82,6 +82,14 @@ def contradictions(saved: dict[str, Any], given: Namespace, keys: tuple[str, ...
     return [(k, saved_flat.get(k), v) for k, v in given_flat.items() if saved_flat.get(k) != v]
 
 
+def _option(key: str, linked: dict[str, str]) -> str:
+    """The option a user types for a flattened model key: ``task.init_args.degree`` is the data's ``degree``."""
+    head, _, rest = key.partition(".")
+    if head == "task":  # linked["task"]: where the task's options sit in the data section
+        return f"{linked.get('task', 'data.init_args.task.init_args')}.{rest.removeprefix('init_args.')}"
+    return linked.get(head, "model." + key)
+
+
 def refuse_contradictions(ckpt: str, saved: dict[str, Any], given: Namespace, keys: tuple[str, ...], linked: dict[str, str]) -> None:
     """Raise :class:`UserInputError` naming every model option under ``keys`` that differs from the checkpoint.
 
@@ -91,12 +99,12 @@ def refuse_contradictions(ckpt: str, saved: dict[str, Any], given: Namespace, ke
     differ = contradictions(saved, given, keys)
     if not differ:
         return
-    shown = "; ".join(
-        f"--{linked.get(k.split('.')[0], 'model.' + k)} is {old!r} in the checkpoint, {new!r} here" for k, old, new in differ
-    )
+    shown = "; ".join(f"--{_option(k, linked)} is {old!r} in the checkpoint, {new!r} here" for k, old, new in differ)
     graph = ""
-    if any(k in linked for k, _, _ in differ) and all(k in saved for k in ("degree", "path_len", "num_nodes")):
-        graph = f" The checkpoint is for G({saved['degree']},{saved['path_len']},{saved['num_nodes']})."
+    if any(k.split(".")[0] == "task" for k, _, _ in differ) and isinstance(saved.get("task"), dict):
+        from nfl.tasks.config import task_from_spec
+
+        graph = f" The checkpoint is for {task_from_spec(saved['task']).describe()}."
     raise UserInputError(
         f"{ckpt} does not match this command line: {shown}.{graph} Drop these options or set them as in the "
         "checkpoint, or start a new run without --ckpt_path."

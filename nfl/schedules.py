@@ -1,6 +1,6 @@
 """Learning-rate schedule counted in optimizer steps: linear warmup, then cosine decay to a floor.
 
-The reference code counted its horizon in samples, so its cosine never decayed (SPEC §7); here every
+The reference code counted its horizon in samples, so its cosine never decayed; here every
 quantity is an optimizer step, the unit of ``trainer.global_step``.
 """
 

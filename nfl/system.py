@@ -1,13 +1,15 @@
-"""The LightningModule: a backbone and an objective wired into training, evaluation and optimisation.
+"""The LightningModule: a task, a backbone and an objective wired into training, evaluation and optimisation.
 
 "Models vs systems": the backbone (GPT, Mamba, ...) and the objective (teacher forcing, teacherless, ...)
-are injected, each chosen by ``class_path`` in the YAML. The system owns what is common to all of them:
-the optimiser and schedule, metrics and logging, and the evaluation loop.
+are injected, each chosen by ``class_path`` in the YAML, and the graph task comes from the data module. The
+system owns what is common to all of them: the optimiser and schedule, metrics and logging, and the
+evaluation loop.
 
-Logged keys (the user interface, see README): ``train/loss``, ``train/lr``; at validation and test,
-``{val,test}/loss`` (teacher-forced), ``exact_match``, ``free/pos_{i}``, ``tf/pos_{i}``, ``tf/pos_ge3``,
-``decision_acc``, ``chance``, ``edge_follow_rate``, ``wrong_arm_rate``; ``train_eval/...`` for the optional
-training sample.
+Logged keys (the user interface, see README): ``train/loss``, ``train/lr``; at validation and test the
+answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``, ``exact_match``,
+``free/pos_{i}``, ``tf/pos_{i}``, ``decision_acc``, ``chance``, ``tf/decision_acc``, ``tf/non_decision_acc``,
+``edge_follow_rate``, ``valid_path_rate``, ``reaches_goal_rate``), then the task's own diagnostics (path-star:
+``tf/pos_ge3``, ``wrong_arm_rate``) and the objective's; ``train_eval/...`` for the optional training sample.
 """
 
 from __future__ import annotations
@@ -22,27 +24,30 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from nfl.data.codec import EncodedBatch, NumeralCodec
-from nfl.data.vocab import PathStarTask
-from nfl.errors import above, at_least, in_range, require
-from nfl.metrics import PathStarMetrics
+from nfl.errors import UserInputError, above, at_least, in_range, require
+from nfl.metrics import AnswerMetrics, read_answers
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, target_cross_entropy
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.schedules import warmup_cosine
+from nfl.tasks.base import GraphTask
+from nfl.tasks.config import task_from_spec, task_spec
+from nfl.tasks.path_star import PathStar
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class PathStarSystem(pl.LightningModule):
-    """Trains a backbone with an objective on a path-star task.
+class GraphSystem(pl.LightningModule):
+    """Trains a backbone with an objective on a graph task.
 
     Args:
         backbone: the sequence model, e.g. ``class_path: nfl.models.GPT``; it is built here with the
-            vocabulary size and sequence length of the data.
+            vocabulary size and sequence length of the task (plus what the objective reserves).
         objective: e.g. ``nfl.objectives.TeacherForcing`` (default) or ``nfl.objectives.Teacherless``.
-        degree, path_len, num_nodes, reverse: the task; linked from the data module, not set by hand.
+        task, reverse: the graph task and its encoding; linked from the data module, not set by hand
+            (``task`` defaults to path-star G(2,5,50) for use from Python).
         lr: peak AdamW learning rate.
         weight_decay: AdamW decay on weight matrices and embeddings (never on biases, norms, or parameters
             flagged ``_no_weight_decay``).
@@ -59,9 +64,7 @@ class PathStarSystem(pl.LightningModule):
         self,
         backbone: Callable[[int, int], Backbone],
         objective: Optional[Objective] = None,
-        degree: int = 2,
-        path_len: int = 5,
-        num_nodes: int = 50,
+        task: Optional[GraphTask | dict] = None,
         reverse: bool = False,
         lr: float = 5e-4,
         weight_decay: float = 0.1,
@@ -89,14 +92,27 @@ class PathStarSystem(pl.LightningModule):
             # Saved on purpose: load_from_checkpoint rebuilds the injected objective from its hyperparameters.
             warnings.filterwarnings("ignore", message=r"Attribute 'objective' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        self.task = PathStarTask(degree, path_len, num_nodes)
-        self.backbone = backbone(self.task.vocab_size, self.task.seq_len)
-        self.codec = self.backbone.codec(self.task)  # numeral batches <-> the backbone's own tokens
+        # Checkpoints record the task as plain {class_path, init_args}, so they load without unpickling it.
+        task = PathStar() if task is None else task_from_spec(task) if isinstance(task, dict) else task
+        self.hparams["task"] = task_spec(task)
+        self.task = task
         self.objective = objective if objective is not None else TeacherForcing()
-        self.objective.bind(self.task, self.backbone, self.codec.dummy)
+        # The objective's own tokens come right after the task's, and its extra length on top of the task's.
+        reservation = self.objective.reserve(task)
+        self.objective.token_ids = {name: task.vocab_size + i for i, name in enumerate(reservation.tokens)}
+        self.backbone = backbone(task.vocab_size + len(reservation.tokens), task.seq_len + reservation.extra_len)
+        self.codec = self.backbone.codec(task)  # numeral batches <-> the backbone's own tokens
+        if reservation.tokens and not isinstance(self.codec, NumeralCodec):
+            raise UserInputError(
+                f"{type(self.objective).__name__} adds tokens of its own ({', '.join(reservation.tokens)}), which "
+                f"{type(self.backbone).__name__}'s tokenizer does not have; use nfl.models.GPT or nfl.models.Mamba."
+            )
+        self.objective.bind(task, self.backbone, self.codec.dummy, self.codec.stop)
         self._train_backbone: Optional[Callable] = None  # compiled view of self.backbone, not a submodule
         stages = ("val", "test", "train_eval")
-        self.metrics = torch.nn.ModuleDict({stage: PathStarMetrics(self.task, reverse) for stage in stages})
+        self.metrics = torch.nn.ModuleDict({stage: AnswerMetrics(task, reverse) for stage in stages})
+        extra = {stage: task.diagnostics(reverse) for stage in stages}
+        self.task_metrics = torch.nn.ModuleDict({k: m for k, m in extra.items() if m is not None})
         extra = {stage: self.objective.eval_metric() for stage in stages}
         self.objective_metrics = torch.nn.ModuleDict({k: m for k, m in extra.items() if m is not None})
 
@@ -130,17 +146,21 @@ class PathStarSystem(pl.LightningModule):
         out, generated = self.objective.evaluate(
             self.backbone, encoded.prefix, encoded.target, self.codec.decode_steps(encoded)
         )
-        free, well_formed = self.codec.generated_nodes(generated)
+        free, free_len, well_formed = self.codec.generated_nodes(generated)
         tf = self.codec.teacher_forced_nodes(out.logits.argmax(-1), encoded, target)
         # {stage}/loss is the next-token cross-entropy of the teacher-forced logits, whatever the objective
         # trains on (a multi-head sum is not comparable across objectives); it equals out.loss for TF.
         tf_loss = target_cross_entropy(out.logits, encoded.target)
-        self.metrics[stage].update(prefix, target, free, tf, tf_loss, well_formed)
+        read = read_answers(self.task, self.hparams.reverse, prefix, target, free, tf, free_len, well_formed)
+        self.metrics[stage].update(read, tf_loss)
+        if stage in self.task_metrics:
+            self.task_metrics[stage].update(read, tf_loss)
         if stage in self.objective_metrics:
             self.objective_metrics[stage].update(out, encoded.target)
 
     def _log_metrics(self, stage: str) -> None:
-        for metric in (self.metrics[stage], self.objective_metrics[stage] if stage in self.objective_metrics else None):
+        for metrics in (self.metrics, self.task_metrics, self.objective_metrics):
+            metric = metrics[stage] if stage in metrics else None
             if metric is None or metric.update_count == 0:
                 continue
             for name, value in metric.compute().items():  # already reduced across ranks
@@ -164,8 +184,8 @@ class PathStarSystem(pl.LightningModule):
         prefix, target = batch
         encoded = self.codec.encode(prefix, target)
         generated = self.objective.decode(self.backbone, encoded.prefix, self.codec.decode_steps(encoded))
-        prediction, well_formed = self.codec.generated_nodes(generated)
-        return {"prefix": prefix, "target": target, "prediction": prediction, "well_formed": well_formed}
+        prediction, length, well_formed = self.codec.generated_nodes(generated)
+        return {"prefix": prefix, "target": target, "prediction": prediction, "length": length, "well_formed": well_formed}
 
     # --- optimisation --------------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -204,3 +224,6 @@ class PathStarSystem(pl.LightningModule):
             warmup_cosine, warmup_steps=h.warmup_steps, decay_steps=decay_steps, min_ratio=h.min_lr_ratio
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+PathStarSystem = GraphSystem  # the name configs and scripts used before tasks were pluggable

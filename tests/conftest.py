@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nfl.cli import main
-from nfl.data.vocab import PathStarTask
+from nfl.tasks import PathStar
 from nfl.report import read_scalars  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +47,34 @@ data:
 """
 
 
+class TaskMetrics:
+    """The system's evaluation metrics for a task (answer metrics, graph diagnostics and the task's own), fed
+    node predictions the way the system feeds them."""
+
+    def __init__(self, task, reverse: bool = False) -> None:
+        from nfl.metrics import AnswerMetrics
+
+        self.task, self.reverse = task, reverse
+        self.metrics = [AnswerMetrics(task, reverse)] + [m for m in [task.diagnostics(reverse)] if m is not None]
+
+    def update(self, prefix, target, free, tf, loss, well_formed=None, free_len=None) -> None:
+        from nfl.metrics import read_answers
+
+        read = read_answers(self.task, self.reverse, prefix, target, free, tf, free_len, well_formed)
+        for metric in self.metrics:
+            metric.update(read, loss)
+
+    def compute(self) -> dict:
+        return {k: v for metric in self.metrics for k, v in metric.compute().items()}
+
+    def reset(self) -> None:
+        for metric in self.metrics:
+            metric.reset()
+
+
 @pytest.fixture
-def task() -> PathStarTask:
-    return PathStarTask(degree=2, path_len=5, num_nodes=50)
+def task() -> PathStar:
+    return PathStar(degree=2, path_len=5, num_nodes=50)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from nfl.data.path_star import graph_keys
 
 
 class BatchRecorder(Callback):
@@ -15,6 +14,6 @@ class BatchRecorder(Callback):
         self.out_dir = out_dir
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
-        keys = graph_keys(batch[0].cpu().numpy(), pl_module.task)
+        keys = pl_module.task.graph_keys(batch[0].cpu().numpy())
         with open(os.path.join(self.out_dir, f"rank{trainer.global_rank}.txt"), "a") as f:
             f.write("\n".join(map(str, keys.tolist())) + "\n")

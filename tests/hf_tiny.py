@@ -12,15 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from nfl.data.path_star import format_lines, sample_graphs
-from nfl.data.vocab import PathStarTask
+from nfl.tasks import PathStar
 
 EOS = "<|endoftext|>"
 
 
 def _lines(n: int = 2000) -> list[str]:
-    task = PathStarTask(2, 5, 50)
-    return format_lines(*sample_graphs(np.random.default_rng(0), n, task), task)
+    task = PathStar(2, 5, 50)
+    return task.format_lines(*task.sample(np.random.default_rng(0), n))
 
 
 def bpe_tokenizer(add_prefix_space: bool = False):

@@ -12,16 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nfl.data.path_star import (
-    DataFileError,
-    edges_of,
-    first_step_off_the_graph,
-    format_lines,
-    parse_lines,
-    sample_graphs,
-    write_file,
-)
-from nfl.data.vocab import PathStarTask
+from nfl.tasks import DataFileError, PathStar
+from nfl.tasks.text import first_step_off_the_graph
 from tests.conftest import ROOT, SPEC_LINE, version_dir
 
 MAMBA = [
@@ -100,8 +92,8 @@ def test_a_bad_value_is_refused_in_one_line_before_any_work(args, option, run_cl
     a_file = tmp_path / "a_file"
     a_file.write_text("a file where a folder should be\n")
     train = tmp_path / "train.txt"
-    task = PathStarTask(2, 4, 20)
-    write_file(train, *sample_graphs(np.random.default_rng(0), 100, task), task)
+    task = PathStar(2, 4, 20)
+    task.write_file(train, *task.sample(np.random.default_rng(0), 100))
     args = [a.replace("TRAIN", str(train)).replace("A_FILE", str(a_file)) for a in args]
     with pytest.raises(SystemExit) as done:
         run_cli("fit", "--config", str(tiny_config), *args)
@@ -150,26 +142,25 @@ def test_help_names_the_program_as_it_is_run(run_cli, capsys):
     ],
 )
 def test_an_answer_that_is_not_a_path_of_its_graph_is_refused_with_file_and_line(path, message):
-    task = PathStarTask(2, 5, 50)
+    task = PathStar(2, 5, 50)
     bad = SPEC_LINE.split("=")[0] + "=" + path
     with pytest.raises(DataFileError, match=rf"^data.txt:3: .*{message}"):
-        parse_lines([SPEC_LINE, "", bad, SPEC_LINE], task, source="data.txt")
+        task.parse_lines([SPEC_LINE, "", bad, SPEC_LINE], source="data.txt")
 
 
 def test_path_checking_stays_fast_on_a_reference_sized_file():
-    task = PathStarTask(2, 5, 50)
-    prefix, target = sample_graphs(np.random.default_rng(0), 200_000, task)
-    parents, children = edges_of(prefix, task)
-    assert first_step_off_the_graph(parents, children, target, task) == (None, None)
+    task = PathStar(2, 5, 50)
+    prefix, target = task.sample(np.random.default_rng(0), 200_000)
+    assert first_step_off_the_graph(task, prefix, target) == (None, None)
     target[150_000, 2] = target[150_001, 2]  # another graph's node
     start = time.perf_counter()
-    assert first_step_off_the_graph(parents, children, target, task) == (150_000, 1)
+    assert first_step_off_the_graph(task, prefix, target) == (150_000, 1)
     assert time.perf_counter() - start < 2  # about 0.15 s on one core
 
 
 def test_a_bad_training_file_is_refused_by_the_cli(run_cli, tiny_config, tmp_path, capsys):
-    task = PathStarTask(2, 4, 20)
-    lines = format_lines(*sample_graphs(np.random.default_rng(0), 40, task), task)
+    task = PathStar(2, 4, 20)
+    lines = task.format_lines(*task.sample(np.random.default_rng(0), 40))
     head, path = lines[1].split("=")
     nodes = path.split(",")
     lines[1] = head + "=" + ",".join([nodes[0], nodes[2], nodes[1], nodes[3]])  # right ends, wrong order
@@ -180,8 +171,8 @@ def test_a_bad_training_file_is_refused_by_the_cli(run_cli, tiny_config, tmp_pat
 
 
 def test_training_on_the_held_out_set_blames_the_exclusion_not_n_train(run_cli, tiny_config, tmp_path, capsys):
-    task = PathStarTask(2, 4, 20)
-    write_file(tmp_path / "graphs.txt", *sample_graphs(np.random.default_rng(0), 64, task), task)
+    task = PathStar(2, 4, 20)
+    task.write_file(tmp_path / "graphs.txt", *task.sample(np.random.default_rng(0), 64))
     same = str(tmp_path / "graphs.txt")
     with pytest.raises(SystemExit) as done:
         run_cli("fit", "--config", str(tiny_config), f"--data.init_args.train_file={same}",

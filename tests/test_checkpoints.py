@@ -141,7 +141,7 @@ def test_model_options_that_contradict_the_checkpoint_are_refused_in_one_line(ru
         ("fit", ["--model.backbone.init_args.d_model=64", "--model.lr=0.01"],
          ["--model.backbone.init_args.d_model is 32 in the checkpoint, 64 here", "--model.lr is 0.001"]),
         ("fit", ["--model.objective=nfl.objectives.Teacherless"], ["--model.objective.class_path"]),
-        ("test", ["--data.init_args.num_nodes=30"], ["--data.init_args.num_nodes is 20", "is for G(2,4,20)"]),
+        ("test", ["--data.init_args.num_nodes=30"], ["--data.init_args.num_nodes is 20", "is for G(degree=2, path_len=4, num_nodes=20)"]),
         ("predict", ["--data.init_args.reverse=true"], ["--data.init_args.reverse is False in the checkpoint, True here"]),
     ):
         with pytest.raises(SystemExit) as done:
@@ -153,3 +153,22 @@ def test_model_options_that_contradict_the_checkpoint_are_refused_in_one_line(ru
     run_cli("test", "--config", str(tiny_config), "--ckpt_path", ckpt, "--model.lr=0.01")
     cli = run_cli("fit", "--config", str(tiny_config), "--ckpt_path", ckpt, "--trainer.max_steps=5", "--model.warmup_steps=2")
     assert cli.trainer.global_step == 5
+
+
+def test_a_checkpoint_from_before_graph_tasks_still_evaluates_and_resumes(run_cli, tiny_config, tmp_path):
+    """Checkpoints written when the system took degree/path_len/num_nodes (no task) are read as path-star's."""
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4")
+    ckpt = version_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    hparams = state["hyper_parameters"]
+    sizes = hparams.pop("task")["init_args"]
+    hparams.update(degree=sizes["degree"], path_len=sizes["path_len"], num_nodes=sizes["num_nodes"])
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    tested = run_cli("test", "--config", str(tiny_config), "--ckpt_path", str(old)).trainer.callback_metrics
+    assert "test/exact_match" in tested
+    resumed = run_cli("fit", "--config", str(tiny_config), "--ckpt_path", str(old), "--trainer.max_steps=6")
+    assert resumed.trainer.global_step == 6
+    with pytest.raises(SystemExit) as done:
+        run_cli("test", "--config", str(tiny_config), "--ckpt_path", str(old), "--data.init_args.num_nodes=30")
+    assert "--data.init_args.num_nodes is 20 in the checkpoint, 30 here" in done.value.code

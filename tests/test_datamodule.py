@@ -10,8 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nfl.data.datamodule import EvalBatches, PathStarDataModule, TrainBatches
-from nfl.data.path_star import DataFileError, graph_keys, sample_graphs, write_file
-from nfl.data.vocab import InfeasibleGraphError, PathStarTask
+from nfl.tasks import DataFileError, InfeasibleGraphError, PathStar
 
 
 def take(loader, n):
@@ -38,7 +37,7 @@ def test_ranks_see_different_graphs(task):
     keys = []
     for rank in (0, 1):
         ds = TrainBatches(task, batch_size=64, seed=0, rank=rank, world_size=2)
-        keys.append(np.concatenate([graph_keys(ds.batch(b)[0].numpy(), task) for b in range(10)]))
+        keys.append(np.concatenate([task.graph_keys(ds.batch(b)[0].numpy()) for b in range(10)]))
     assert not np.isin(keys[0], keys[1]).any()
 
 
@@ -49,37 +48,37 @@ def test_stream_restarts_at_start_batch(task):
 
 
 def test_training_never_sees_held_out_graphs_when_excluded():
-    task = PathStarTask(2, 2, 6)  # a small graph space: collisions are common without exclusion
+    task = PathStar(2, 2, 6)  # a small graph space: collisions are common without exclusion
     dm = PathStarDataModule(degree=2, path_len=2, num_nodes=6, batch_size=64, n_test=40)
     dm.setup("fit")
-    test_keys = graph_keys(dm.test_graphs[0], task)
-    seen = np.concatenate([graph_keys(dm.train_batches().batch(b)[0].numpy(), task) for b in range(20)])
+    test_keys = task.graph_keys(dm.test_graphs[0])
+    seen = np.concatenate([task.graph_keys(dm.train_batches().batch(b)[0].numpy()) for b in range(20)])
     assert not np.isin(seen, test_keys).any()
     dm_all = PathStarDataModule(degree=2, path_len=2, num_nodes=6, batch_size=64, n_test=40, exclude_test=False)
     dm_all.setup("fit")
-    seen_all = np.concatenate([graph_keys(dm_all.train_batches().batch(b)[0].numpy(), task) for b in range(20)])
+    seen_all = np.concatenate([task.graph_keys(dm_all.train_batches().batch(b)[0].numpy()) for b in range(20)])
     assert np.isin(seen_all, test_keys).any()
 
 
 def test_finite_mode_covers_each_graph_once_per_epoch_split_across_ranks(task):
     dm = PathStarDataModule(batch_size=25, n_train=200, n_test=10)
     dm.setup("fit")
-    train_keys = graph_keys(dm.train_graphs[0], task)
+    train_keys = task.graph_keys(dm.train_graphs[0])
     assert len(np.unique(train_keys)) == 200
     ranks = [TrainBatches(task, 25, 0, rank=r, world_size=2, graphs=dm.train_graphs) for r in (0, 1)]
     assert ranks[0].batches_per_epoch == 4
-    epoch0 = [graph_keys(ds.batch(b)[0].numpy(), task) for ds in ranks for b in range(4)]
+    epoch0 = [task.graph_keys(ds.batch(b)[0].numpy()) for ds in ranks for b in range(4)]
     assert np.array_equal(np.sort(np.concatenate(epoch0)), np.sort(train_keys))  # one epoch = every graph once
     first, second = ranks[0].batch(0)[0], ranks[0].batch(4)[0]
     assert not torch.equal(first, second)  # reshuffled each epoch
 
 
 def test_eval_set_is_split_not_duplicated_across_ranks(task, rng):
-    graphs = sample_graphs(rng, 103, task)
+    graphs = task.sample(rng, 103)
     shards = [list(EvalBatches(graphs, 10, rank=r, world_size=2)) for r in (0, 1)]
     seen = np.concatenate([b[0].numpy() for shard in shards for b in shard])
     assert len(seen) == 103
-    assert np.array_equal(np.sort(graph_keys(seen, task)), np.sort(graph_keys(graphs[0], task)))
+    assert np.array_equal(np.sort(task.graph_keys(seen)), np.sort(task.graph_keys(graphs[0])))
     assert len(EvalBatches(graphs, 10, rank=0, world_size=2)) == len(shards[0]) == 6
 
 
@@ -94,16 +93,16 @@ def test_reverse_reverses_the_target_only(task):
 
 
 def test_train_and_test_files(tmp_path, task, rng):
-    train, test = sample_graphs(rng, 300, task), sample_graphs(rng, 50, task)
-    write_file(tmp_path / "train.txt", *train, task)
-    write_file(tmp_path / "test.txt", *test, task)
+    train, test = task.sample(rng, 300), task.sample(rng, 50)
+    task.write_file(tmp_path / "train.txt", *train)
+    task.write_file(tmp_path / "test.txt", *test)
     dm = PathStarDataModule(
         batch_size=32, train_file=str(tmp_path / "train.txt"), test_file=str(tmp_path / "test.txt")
     )
     dm.setup("fit")
     assert np.array_equal(dm.test_graphs[0], test[0]) and len(dm.train_graphs[1]) == 300
     prefix, _ = next(iter(dm.train_dataloader()))
-    assert np.isin(graph_keys(prefix.numpy(), task), graph_keys(train[0], task)).all()
+    assert np.isin(task.graph_keys(prefix.numpy()), task.graph_keys(train[0])).all()
     wrong_size = PathStarDataModule(degree=3, batch_size=32, test_file=str(tmp_path / "test.txt"))
     with pytest.raises(DataFileError, match=r"test.txt:1: .*G\(degree=3, path_len=5, num_nodes=50\)"):
         wrong_size.setup("fit")

@@ -16,11 +16,10 @@ import torch
 pytest.importorskip("transformers")
 
 from nfl.data.codec import IGNORE_INDEX, EncodedBatch, TextCodec  # noqa: E402
-from nfl.data.path_star import format_lines, sample_graphs  # noqa: E402
-from nfl.data.vocab import PathStarTask  # noqa: E402
+from nfl.tasks import PathStar  # noqa: E402
 from nfl.decoding import greedy_decode  # noqa: E402
 from nfl.errors import UserInputError  # noqa: E402
-from nfl.metrics import PathStarMetrics  # noqa: E402
+from tests.conftest import TaskMetrics  # noqa: E402
 from nfl.models.hf import HFCausalLM  # noqa: E402
 from nfl.objectives import MultiTokenHeads, Teacherless, TeacherForcing  # noqa: E402
 from tests.conftest import SPEC_PREFIX, SPEC_TARGET, TINY_CONFIG, read_scalars, version_dir  # noqa: E402
@@ -33,8 +32,8 @@ def backbone(folder: Path, **kwargs) -> HFCausalLM:
     return HFCausalLM(0, 0, str(folder), **kwargs).eval()
 
 
-def graphs(task: PathStarTask, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    prefix, target = sample_graphs(np.random.default_rng(seed), n, task)
+def graphs(task: PathStar, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    prefix, target = task.sample(np.random.default_rng(seed), n)
     return torch.from_numpy(prefix), torch.from_numpy(target)
 
 
@@ -50,7 +49,7 @@ def test_round_trip_text_tokens_node_ids(kind, reverse, hf_folders, task):
     prefix, path = graphs(task, 64)
     target = path.flip(1) if reverse else path
     batch = codec.encode(prefix, target)
-    lines = format_lines(prefix.numpy(), path.numpy(), task)
+    lines = task.format_lines(prefix.numpy(), path.numpy())
     P = batch.prefix.shape[1]
     pads = (batch.prefix == codec.pad_id).long().cummin(dim=1).values.sum(dim=1)  # leading pads per row
     for b, line in enumerate(lines):
@@ -59,7 +58,7 @@ def test_round_trip_text_tokens_node_ids(kind, reverse, hf_folders, task):
         assert text_of(codec, batch.target[b]) == answer + EOS
     longest = max(len(codec.tokenizer(line.split("=")[0] + "=")["input_ids"]) for line in lines)
     assert batch.prefix.shape[0] == 64 and P == longest
-    nodes, well_formed = codec.generated_nodes(batch.target.clamp(min=0))
+    nodes, _, well_formed = codec.generated_nodes(batch.target.clamp(min=0))
     assert torch.equal(nodes, target) and bool(well_formed.all())
     # Every node is spelled by at least one answer token, and no token by two nodes.
     assert bool(batch.node_tokens.any(dim=2).all()) and int(batch.node_tokens.sum(dim=1).max()) == 1
@@ -125,14 +124,14 @@ GENERATIONS = [  # (generated text, parsed nodes, well formed) for the answer 32
 def test_generated_text_is_parsed_and_malformed_text_counts_as_wrong(kind, hf_folders, task):
     codec = backbone(hf_folders[kind]).codec(task)
     parsed = [codec.generated_nodes(torch.tensor([codec.tokenizer(text)["input_ids"]])) for text, _, _ in GENERATIONS]
-    nodes, well_formed = torch.cat([p[0] for p in parsed]), torch.cat([p[1] for p in parsed])
+    nodes, well_formed = torch.cat([p[0] for p in parsed]), torch.cat([p[2] for p in parsed])
     assert nodes.tolist() == [nodes for _, nodes, _ in GENERATIONS]
     assert well_formed.tolist() == [ok for _, _, ok in GENERATIONS]
 
     # Through the metric: two generations are exact matches, though four more match node for node.
     n = len(GENERATIONS)
     prefix, target = torch.tensor([SPEC_PREFIX] * n), torch.tensor([SPEC_TARGET] * n)
-    metric = PathStarMetrics(task)
+    metric = TaskMetrics(task)
     metric.update(prefix, target, nodes, target, torch.tensor(0.0), well_formed)
     out = metric.compute()
     assert out["exact_match"].item() == pytest.approx(2 / n)
@@ -214,7 +213,7 @@ def test_a_tokenizer_that_decodes_with_a_leading_space_still_parses(hf_folders, 
     prefix, target = graphs(task, 16)
     batch = codec.encode(prefix, target)
     assert text_of(codec, batch.target[0]).startswith(" ")
-    nodes, well_formed = codec.generated_nodes(batch.target.clamp(min=0))
+    nodes, _, well_formed = codec.generated_nodes(batch.target.clamp(min=0))
     assert torch.equal(nodes, target) and bool(well_formed.all())
 
 

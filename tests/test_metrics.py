@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nfl.metrics import PathStarMetrics
+from tests.conftest import TaskMetrics
 from tests.conftest import SPEC_PREFIX, SPEC_TARGET
 
 PREDICTIONS = [
@@ -23,7 +23,7 @@ TEACHER_FORCED = [
 
 
 def run(task, reverse=False, split=False):
-    metric = PathStarMetrics(task, reverse=reverse)
+    metric = TaskMetrics(task, reverse=reverse)
     prefix = torch.tensor([SPEC_PREFIX] * 4)
     target, free, tf = torch.tensor([SPEC_TARGET] * 4), torch.tensor(PREDICTIONS), torch.tensor(TEACHER_FORCED)
     if reverse:
@@ -59,7 +59,7 @@ def test_reverse_metrics_measure_the_same_graph_quantities(task):
 
 
 def test_reset_clears_state(task):
-    metric = PathStarMetrics(task)
+    metric = TaskMetrics(task)
     t = torch.tensor([SPEC_TARGET])
     metric.update(torch.tensor([SPEC_PREFIX]), t, t, t, torch.tensor(0.5))
     assert metric.compute()["exact_match"].item() == 1.0

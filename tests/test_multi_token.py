@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfl.data.path_star import sample_graphs
 from nfl.decoding import greedy_decode, speculative_greedy_decode
 from nfl.errors import UserInputError
 from nfl.models.base import Backbone
@@ -20,7 +19,7 @@ from tests.conftest import read_scalars, version_dir
 
 @pytest.fixture
 def batch(task, rng):
-    prefix, target = sample_graphs(rng, 8, task)
+    prefix, target = task.sample(rng, 8)
     return torch.from_numpy(prefix), torch.from_numpy(target)
 
 
@@ -141,7 +140,7 @@ def randomised(module, std):
 @pytest.mark.parametrize("k", [2, 3, 5])
 @pytest.mark.parametrize("std", [0.02, 0.3])
 def test_speculative_decoding_equals_greedy_on_random_models(k, std, task, rng):
-    prefix = torch.from_numpy(sample_graphs(rng, 32, task)[0])
+    prefix = torch.from_numpy(task.sample(rng, 32)[0])
     for seed in range(4):
         torch.manual_seed(seed)
         gpt = tiny_gpt(task, n_layer=2)
@@ -159,7 +158,7 @@ def test_speculative_decoding_equals_greedy_on_random_models(k, std, task, rng):
 def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(speculative, backbone, task, rng):
     """Same output and tokens as a separate forward and decode, with no prefill pass of its own (Mamba:
     the prefix once, the answer on a copy of the state; its decoding is never speculative)."""
-    prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, 32, task))
+    prefix, target = (torch.from_numpy(a) for a in task.sample(rng, 32))
     torch.manual_seed(0)
     if backbone == "gpt":
         gpt = randomised(tiny_gpt(task, n_layer=2), 0.3)
@@ -204,7 +203,7 @@ class OracleDrafter:
 @pytest.mark.parametrize("k", [2, 3, 5])
 @pytest.mark.parametrize("p_correct", [1.0, 0.8, 0.5, 0.0])
 def test_speculative_decoding_with_drafts_of_known_accuracy(k, p_correct, task, rng):
-    prefix = torch.from_numpy(sample_graphs(rng, 16, task)[0])
+    prefix = torch.from_numpy(task.sample(rng, 16)[0])
     gpt = randomised(tiny_gpt(task, n_layer=2), 0.3)
     l, B = task.path_len, prefix.shape[0]
     greedy = greedy_decode(gpt, prefix, l)
@@ -231,7 +230,7 @@ class NoRewindGPT(GPT):
 
 
 def test_a_cache_that_cannot_rewind_falls_back_to_greedy(task, rng):
-    prefix = torch.from_numpy(sample_graphs(rng, 8, task)[0])
+    prefix = torch.from_numpy(task.sample(rng, 8)[0])
     gpt = NoRewindGPT(task.vocab_size, task.seq_len, n_layer=1, d_model=32, n_head=2).eval()
     objective = bound(task, gpt, k=3, speculative=True)
     greedy = greedy_decode(gpt, prefix, task.path_len)
@@ -242,7 +241,7 @@ def test_a_cache_that_cannot_rewind_falls_back_to_greedy(task, rng):
 
 
 def test_kv_cache_rewind_forgets_the_dropped_tokens(task, rng):
-    prefix = torch.from_numpy(sample_graphs(rng, 4, task)[0])
+    prefix = torch.from_numpy(task.sample(rng, 4)[0])
     gpt = randomised(tiny_gpt(task, n_layer=2), 0.3)
     extra = torch.randint(0, task.num_nodes, (4, 3))
     with torch.no_grad():
@@ -277,7 +276,7 @@ def test_heads_survive_a_checkpoint_round_trip(run_cli, tiny_config, tmp_path):
     ckpt = torch.load(checkpoints / "last.ckpt", weights_only=False)
     n_optimised = sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"])
     assert n_optimised == len(list(system.parameters()))
-    prefix = torch.from_numpy(sample_graphs(np.random.default_rng(0), 8, system.task)[0])
+    prefix = torch.from_numpy(system.task.sample(np.random.default_rng(0), 8)[0])
     system.eval()
     assert torch.equal(system.objective.decode(system.backbone, prefix), greedy_decode(system.backbone, prefix, 4))
 

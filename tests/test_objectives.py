@@ -6,14 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfl.data.path_star import sample_graphs
 from nfl.models.gpt import GPT
 from nfl.objectives import Teacherless, TeacherForcing
 
 
 @pytest.fixture
 def batch(task, rng):
-    prefix, target = sample_graphs(rng, 8, task)
+    prefix, target = task.sample(rng, 8)
     return torch.from_numpy(prefix), torch.from_numpy(target)
 
 
@@ -89,7 +88,7 @@ def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(backbone, task
     recurrent state cannot rewind, runs the prefix once and the fed-back answer on a copy of its state."""
     from nfl.models.mamba import Mamba
 
-    prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, 64, task))
+    prefix, target = (torch.from_numpy(a) for a in task.sample(rng, 64))
     if backbone == "gpt":
         model = GPT(task.vocab_size, task.seq_len, n_layer=2, d_model=64, n_head=2)
     else:
@@ -120,7 +119,7 @@ def test_evaluation_reuses_the_teacher_forced_pass_as_the_prefill(backbone, task
 def test_teacherless_evaluation_is_one_pass(extra_steps, task, rng):
     """The teacher-forced output and the decoding of a teacherless model come from the same single pass,
     also when the decode budget is longer than the answer (a pretrained tokenizer's)."""
-    prefix, target = (torch.from_numpy(a) for a in sample_graphs(rng, 64, task))
+    prefix, target = (torch.from_numpy(a) for a in task.sample(rng, 64))
     model = GPT(task.vocab_size, task.seq_len + extra_steps, n_layer=2, d_model=64, n_head=2)
     with torch.no_grad():
         for p in model.parameters():

@@ -1,4 +1,4 @@
-"""Generation, token ids and the reference text format (SPEC §1)."""
+"""Path-star generation, token ids and the reference text format (Bachmann & Nagarajan 2024, §3)."""
 
 from __future__ import annotations
 
@@ -9,35 +9,25 @@ import time
 import numpy as np
 import pytest
 
-from nfl.data.path_star import (
-    DataFileError,
-    edges_of,
-    format_lines,
-    graph_keys,
-    parse_lines,
-    read_file,
-    sample_graphs,
-    write_file,
-)
-from nfl.data.vocab import InfeasibleGraphError, PathStarTask
+from nfl.tasks import DataFileError, InfeasibleGraphError, PathStar
 from tests.conftest import SPEC_LINE, SPEC_PREFIX, SPEC_TARGET
 
 
 def test_spec_example_encodes_to_spec_token_ids_and_back(task):
-    prefix, target = parse_lines([SPEC_LINE], task)
+    prefix, target = task.parse_lines([SPEC_LINE])
     assert prefix.tolist() == [SPEC_PREFIX]
     assert target.tolist() == [SPEC_TARGET]
-    assert format_lines(prefix, target, task) == [SPEC_LINE]
+    assert task.format_lines(prefix, target) == [SPEC_LINE]
     assert (task.pipe, task.eq, task.slash, task.dummy, task.vocab_size) == (50, 51, 52, 53, 54)
     assert (task.prefix_len, task.target_len) == (27, 5)
 
 
 @pytest.mark.parametrize("d,l,n", [(2, 5, 50), (5, 5, 50), (3, 2, 4), (1, 4, 4)])
 def test_generator_invariants(d, l, n, rng):
-    task = PathStarTask(d, l, n)
-    prefix, path = sample_graphs(rng, 500, task)
+    task = PathStar(d, l, n)
+    prefix, path = task.sample(rng, 500)
     assert prefix.shape == (500, 3 * d * (l - 1) + 3) and path.shape == (500, l)
-    parents, children = edges_of(prefix, task)
+    parents, children = task.edges_of(prefix)
     sep = prefix[:, 2 : 3 * task.num_edges : 3]
     assert (sep[:, :-1] == task.pipe).all() and (sep[:, -1] == task.slash).all()
     assert (prefix[:, -1] == task.eq).all()
@@ -55,9 +45,9 @@ def test_generator_invariants(d, l, n, rng):
 
 
 def test_goal_arm_is_uniform_and_edge_order_shuffled():
-    task = PathStarTask(3, 4, 30)
-    prefix, path = sample_graphs(np.random.default_rng(7), 30000, task)
-    parents, children = edges_of(prefix, task)
+    task = PathStar(3, 4, 30)
+    prefix, path = task.sample(np.random.default_rng(7), 30000)
+    parents, children = task.edges_of(prefix)
     start = path[:, :1]
     # Rank of the goal arm's first edge among the start's three edges in the shuffled list: uniform over 0..2.
     first_edges = np.argsort(np.where(parents == start, np.arange(task.num_edges), 99), axis=1)[:, :3]
@@ -69,9 +59,9 @@ def test_goal_arm_is_uniform_and_edge_order_shuffled():
 
 
 def test_generation_is_deterministic_for_a_seed(task):
-    a = sample_graphs(np.random.default_rng(5), 64, task)
-    b = sample_graphs(np.random.default_rng(5), 64, task)
-    c = sample_graphs(np.random.default_rng(6), 64, task)
+    a = task.sample(np.random.default_rng(5), 64)
+    b = task.sample(np.random.default_rng(5), 64)
+    c = task.sample(np.random.default_rng(6), 64)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[0], c[0])
 
@@ -80,33 +70,33 @@ def test_generation_is_deterministic_for_a_seed(task):
 def test_infeasible_sizes_raise_quickly_with_a_clear_message(d, l, n):
     start = time.perf_counter()
     with pytest.raises(InfeasibleGraphError, match=rf"infeasible.*needs .* {d * (l - 1) + 1} distinct.*num_nodes"):
-        PathStarTask(d, l, n)
+        PathStar(d, l, n)
     assert time.perf_counter() - start < 1.0
 
 
 def test_graph_keys_ignore_edge_order(task, rng):
-    prefix, path = sample_graphs(rng, 200, task)
+    prefix, path = task.sample(rng, 200)
     shuffled = prefix.copy()
     e = task.num_edges
     perm = rng.permutation(e)
     for offset in (0, 1):
         shuffled[:, offset : 3 * e : 3] = prefix[:, offset : 3 * e : 3][:, perm]
-    assert np.array_equal(graph_keys(prefix, task), graph_keys(shuffled, task))
-    assert len(np.unique(graph_keys(prefix, task))) == 200
+    assert np.array_equal(task.graph_keys(prefix), task.graph_keys(shuffled))
+    assert len(np.unique(task.graph_keys(prefix))) == 200
     other_query = prefix.copy()
     other_query[:, 3 * e + 1] = (other_query[:, 3 * e + 1] + 1) % 50
-    assert not np.any(graph_keys(prefix, task) == graph_keys(other_query, task))
+    assert not np.any(task.graph_keys(prefix) == task.graph_keys(other_query))
 
 
 def test_file_round_trip_is_byte_identical(tmp_path, task, rng):
-    prefix, path = sample_graphs(rng, 100, task)
+    prefix, path = task.sample(rng, 100)
     out = tmp_path / "g.txt"
-    write_file(out, prefix, path, task)
+    task.write_file(out, prefix, path)
     text = out.read_bytes()
     assert text.endswith(b"\n") and text.count(b"\n") == 100 and b"\r" not in text
-    p2, t2 = read_file(out, task)
+    p2, t2 = task.read_file(out)
     assert np.array_equal(p2, prefix) and np.array_equal(t2, path)
-    write_file(tmp_path / "h.txt", p2, t2, task)
+    task.write_file(tmp_path / "h.txt", p2, t2)
     assert (tmp_path / "h.txt").read_bytes() == text
 
 
@@ -125,16 +115,16 @@ def test_malformed_lines_name_the_file_and_line(tmp_path, task, bad, message):
     path = tmp_path / "corrupt.txt"
     path.write_text(SPEC_LINE + "\n" + bad + "\n")
     with pytest.raises(DataFileError, match=rf"corrupt.txt:2: .*{message}"):
-        read_file(path, task)
+        task.read_file(path)
 
 
 def test_binary_and_missing_files_get_clear_errors(tmp_path, task):
     path = tmp_path / "binary.txt"
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataFileError, match="binary.txt: not a text data file"):
-        read_file(path, task)
+        task.read_file(path)
     with pytest.raises(DataFileError, match="nope.txt' does not exist"):
-        read_file(tmp_path / "nope.txt", task)
+        task.read_file(tmp_path / "nope.txt")
 
 
 def test_generate_command_writes_a_reference_file(tmp_path, task):
@@ -148,10 +138,10 @@ def test_generate_command_writes_a_reference_file(tmp_path, task):
         text=True,
     )
     assert "wrote 500 graphs" in done.stdout
-    test_prefix, _ = read_file(test_file, task)
-    train_prefix, train_path = read_file(train_file, task)
+    test_prefix, _ = task.read_file(test_file)
+    train_prefix, train_path = task.read_file(train_file)
     assert len(train_path) == 500
-    assert not np.isin(graph_keys(train_prefix, task), graph_keys(test_prefix, task)).any()
+    assert not np.isin(task.graph_keys(train_prefix), task.graph_keys(test_prefix)).any()
     again = tmp_path / "again.txt"
     subprocess.run(base + ["--n", "300", "--seed", "1", "--out", str(again)], check=True, capture_output=True)
     assert again.read_bytes() == test_file.read_bytes()

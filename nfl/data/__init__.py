@@ -1,15 +1,17 @@
-"""Path-star task data: token ids, generation, the reference text format and the LightningDataModule."""
+"""Data for graph tasks: the LightningDataModules, the codec for pretrained tokenizers, ``python -m nfl.data``.
 
-from nfl.data.datamodule import PathStarDataModule
-from nfl.data.path_star import DataFileError, read_file, sample_graphs, write_file
-from nfl.data.vocab import InfeasibleGraphError, PathStarTask
+The data modules import Lightning, which takes seconds; they are loaded on first use, so that
+``python -m nfl.data generate`` (numpy only) starts fast.
+"""
 
-__all__ = [
-    "DataFileError",
-    "InfeasibleGraphError",
-    "PathStarDataModule",
-    "PathStarTask",
-    "read_file",
-    "sample_graphs",
-    "write_file",
-]
+from typing import Any
+
+__all__ = ["PathStarDataModule", "TaskDataModule"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from nfl.data import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module 'nfl.data' has no attribute {name!r}")

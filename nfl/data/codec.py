@@ -1,8 +1,8 @@
-"""Codecs: how a path-star batch becomes a backbone's tokens, and the backbone's answers become path nodes again.
+"""Codecs: how a graph-task batch becomes a backbone's tokens, and the backbone's answers become path nodes again.
 
-The data module generates the reference numeral tokens (SPEC §1): a ``prefix`` (B, P) and a ``target`` (B, l)
-of node ids. Metrics are always computed on those node ids. A codec sits between the two (for training
-batches the loader applies it, in its worker processes; see ``PathStarDataModule.train_transform``):
+The data module generates the reference numeral tokens: a ``prefix`` (B, P) and a ``target`` (B, target_len)
+of node ids (closed by the task's end token where answers vary in length). Metrics are always computed on those node ids. A codec sits between the two (for training
+batches the loader applies it, in its worker processes; see ``TaskDataModule.train_transform``):
 
 - :class:`NumeralCodec` (GPT, Mamba): the backbone reads numeral tokens, so it is the identity.
 - :class:`TextCodec` (pretrained Hugging Face models): each example is written out in the reference text
@@ -14,7 +14,7 @@ batches the loader applies it, in its worker processes; see ``PathStarDataModule
   batch exactly as it treats numeral tokens.
 
   Back to nodes: a generated answer is decoded to text, cut at the first end token, and parsed as
-  ``l`` comma-separated integers (whitespace around them is ignored). Text that does not parse is never an
+  comma-separated integers (exactly ``l`` for a fixed-length task, at most the longest answer otherwise) (whitespace around them is ignored). Text that does not parse is never an
   error: the positions that do not hold a node id read -1 (always wrong), and the row is marked ill-formed,
   so it is never an exact match.
   Under teacher forcing, path node ``i`` is right when every token that spells part of it is predicted
@@ -31,10 +31,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from nfl.data.vocab import PathStarTask
 from nfl.errors import UserInputError
-
-IGNORE_INDEX = -100  # answer positions past a row's end: no loss, no metric
+from nfl.tasks.base import IGNORE_INDEX, GraphTask
 
 _NODE = re.compile(r"[0-9]+")
 
@@ -46,18 +44,24 @@ class EncodedBatch:
     prefix: torch.Tensor  # (B, P) token ids up to and including '='
     target: torch.Tensor  # (B, L) answer token ids, IGNORE_INDEX past each row's end
     node_tokens: Optional[torch.Tensor] = None  # (B, l, L) bool: answer token j spells part of path node i
+    # where l is the task's longest answer
 
 
 class NumeralCodec:
     """The identity codec of backbones trained on the reference numeral tokens (node ``i`` is token ``i``)."""
 
-    def __init__(self, task: PathStarTask) -> None:
+    def __init__(self, task: GraphTask) -> None:
         self.task = task
 
     @property
     def dummy(self) -> int:
         """Token id of the teacherless dummy ``$``."""
         return self.task.dummy
+
+    @property
+    def stop(self) -> Optional[int]:
+        """The token that ends an answer, after which decoding may stop (None: answers have a fixed length)."""
+        return self.task.end
 
     def encode(self, prefix: torch.Tensor, target: torch.Tensor) -> EncodedBatch:
         return EncodedBatch(prefix, target)
@@ -66,13 +70,14 @@ class NumeralCodec:
         """How many tokens free-running decoding generates."""
         return self.task.target_len
 
-    def generated_nodes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Generated tokens (B, S) -> path nodes (B, l) and a well-formed flag (B,) (None: all are)."""
-        return tokens, None
+    def generated_nodes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Generated tokens (B, S) -> path nodes (B, l) (-1 past the answer), the number of nodes (B,), and a
+        well-formed flag (B,) (None: every answer is well formed by construction)."""
+        return self.task.parse_generated(tokens)
 
     def teacher_forced_nodes(self, pred: torch.Tensor, batch: EncodedBatch, target: torch.Tensor) -> torch.Tensor:
         """Teacher-forced answer tokens (B, L) -> (B, l) node ids: the target node where it was right, else -1."""
-        return pred
+        return pred[:, : self.task.max_path_len]
 
 
 class TextCodec:
@@ -80,14 +85,14 @@ class TextCodec:
 
     Args:
         tokenizer: a ``transformers`` fast tokenizer (its character offsets map tokens to path nodes).
-        task: the G(d, l, N) being trained.
+        task: the graph task being trained.
         pad_id: token id that left-pads prefixes; the backbone masks a leading run of it.
         dummy_token: the teacherless dummy, a string the tokenizer encodes as exactly one token.
         max_positions: the model's longest sequence; longer batches are refused with a clear error.
     """
 
     def __init__(
-        self, tokenizer: Any, task: PathStarTask, pad_id: int, dummy_token: str = "$", max_positions: int = 1 << 30
+        self, tokenizer: Any, task: GraphTask, pad_id: int, dummy_token: str = "$", max_positions: int = 1 << 30
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise UserInputError(
@@ -108,12 +113,13 @@ class TextCodec:
         # The longest answer the tokenizer could produce, spelled one node at a time: decoding's budget.
         widths = [len(tokenizer(str(i), add_special_tokens=False)["input_ids"]) for i in range(task.num_nodes)]
         comma = len(tokenizer(",", add_special_tokens=False)["input_ids"])
-        self._budget = task.path_len * max(widths) + (task.path_len - 1) * comma + 1
+        l = task.max_path_len
+        self._budget = l * max(widths) + (l - 1) * comma + 1
         # Parsing must give back what was encoded: a tokenizer whose decode adds or drops characters (beyond
         # whitespace, which parse ignores) would make every answer wrong, silently.
-        example = [task.num_nodes - 1 - i for i in range(task.path_len)]  # the widest node ids
+        example = [task.num_nodes - 1 - i for i in range(l)]  # the widest node ids
         ids = tokenizer(",".join(map(str, example)), add_special_tokens=False)["input_ids"] + [self.eos]
-        if self.parse(ids) != (example, True):
+        if self.parse(ids) != (example, l, True):
             raise UserInputError(
                 f"This tokenizer does not decode {','.join(map(str, example))!r} back to the same node ids "
                 f"(it decodes to {tokenizer.decode(ids[:-1])!r}); nfl cannot parse its answers."
@@ -123,28 +129,26 @@ class TextCodec:
     def dummy(self) -> int:
         return self._dummy
 
-    # --- numeral tokens -> text -> the tokenizer's tokens -----------------------------------------------
-    def prefix_texts(self, prefix: np.ndarray) -> list[str]:
-        """The text ``p,c|...|p,c/s,g=`` of each numeral prefix row (B, P)."""
-        e = self.task.num_edges
-        texts = []
-        for row in prefix.tolist():
-            edges = "|".join(f"{row[k]},{row[k + 1]}" for k in range(0, 3 * e, 3))
-            texts.append(f"{edges}/{row[3 * e]},{row[3 * e + 1]}=")
-        return texts
+    @property
+    def stop(self) -> Optional[int]:
+        return self.eos
 
+    # --- numeral tokens -> text -> the tokenizer's tokens -----------------------------------------------
     def encode(self, prefix: torch.Tensor, target: torch.Tensor) -> EncodedBatch:
-        prefix_ids = self.tokenizer(self.prefix_texts(prefix.cpu().numpy()), add_special_tokens=False)["input_ids"]
-        nodes = target.cpu().numpy()  # (B, l)
-        B, l = nodes.shape
-        answers = [",".join(map(str, row)) for row in nodes.tolist()]
+        texts = self.task.prefix_texts(prefix.cpu().numpy())  # "u,v|...|u,v/s,g=" (or the query first)
+        prefix_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        l = self.task.max_path_len
+        nodes = target.cpu().numpy()[:, :l]  # (B, l), beyond each answer: the end token or IGNORE_INDEX
+        lengths = self.task.answer_lengths(nodes)
+        B = len(nodes)
+        answers = [",".join(map(str, row[:n])) for row, n in zip(nodes.tolist(), lengths.tolist())]
         enc = self.tokenizer(answers, add_special_tokens=False, return_offsets_mapping=True)
         P = max(map(len, prefix_ids))
         L = max(map(len, enc["input_ids"])) + 1  # + the end token
         longest = P + max(L, self._budget) - 1  # teacher-forced input, or prefix + decoded answer
         if longest > self.max_positions:
             raise UserInputError(
-                f"A G({self.task.degree},{self.task.path_len},{self.task.num_nodes}) example is {longest} tokens "
+                f"A {self.task.describe()} example is {longest} tokens "
                 f"for this tokenizer, more than the model's {self.max_positions} positions. Use a smaller graph."
             )
         prefix_out = np.full((B, P), self.pad_id, dtype=np.int64)
@@ -157,11 +161,13 @@ class TextCodec:
             if ids:
                 offsets[b, : len(ids)] = enc["offset_mapping"][b]
         # Character span of node i in "n0,n1,...": it starts after the i nodes and i commas before it.
-        widths = np.char.str_len(nodes.astype(str))  # (B, l)
+        inside = np.arange(l)[None, :] < lengths[:, None]
+        widths = np.where(inside, np.char.str_len(np.where(inside, nodes, 0).astype(str)), 0)  # (B, l)
         node_start = np.cumsum(widths + 1, axis=1) - (widths + 1)
         node_end = node_start + widths
         tok_start, tok_end = offsets[:, None, :, 0], offsets[:, None, :, 1]  # (B, 1, L)
         node_tokens = (tok_start < node_end[:, :, None]) & (node_start[:, :, None] < tok_end)  # (B, l, L): overlap
+        node_tokens &= inside[:, :, None]
         device = prefix.device
         return EncodedBatch(*(torch.from_numpy(a).to(device) for a in (prefix_out, target_out, node_tokens)))
 
@@ -169,23 +175,30 @@ class TextCodec:
     def decode_steps(self, batch: EncodedBatch) -> int:
         return max(self._budget, batch.target.shape[1])
 
-    def parse(self, ids: list[int]) -> tuple[list[int], bool]:
-        """One generated answer -> (l node ids, -1 where there is none; whether it is well formed: ended by the
-        end token, and exactly ``l`` comma-separated node ids below N)."""
+    def parse(self, ids: list[int]) -> tuple[list[int], int, bool]:
+        """One generated answer -> (the task's longest answer of node ids, -1 where there is none; how many
+        pieces it has, at most that; whether it is well formed: ended by the end token, and comma-separated node
+        ids below N, exactly ``l`` of them for a fixed-length task and at least one otherwise)."""
         ended = self.eos in ids
         text = self.tokenizer.decode(ids[: ids.index(self.eos)] if ended else ids)
         pieces = [p.strip() for p in text.split(",")]  # some tokenizers decode with spaces around tokens
-        l, n = self.task.path_len, self.task.num_nodes
+        l, n = self.task.max_path_len, self.task.num_nodes
         nodes = [int(p) if _NODE.fullmatch(p) and int(p) < n else -1 for p in pieces[:l]]
+        count = len(nodes)
         nodes += [-1] * (l - len(nodes))
-        return nodes, ended and len(pieces) == l and min(nodes) >= 0
+        right_count = len(pieces) == l if not self.task.variable else 1 <= len(pieces) <= l
+        return nodes, count, ended and right_count and min(nodes[:count]) >= 0
 
-    def generated_nodes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def generated_nodes(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         parsed = [self.parse(row) for row in tokens.tolist()]
         nodes = torch.tensor([p[0] for p in parsed], dtype=torch.long, device=tokens.device)
-        well_formed = torch.tensor([p[1] for p in parsed], dtype=torch.bool, device=tokens.device)
-        return nodes, well_formed
+        counts = torch.tensor([p[1] for p in parsed], dtype=torch.long, device=tokens.device)
+        well_formed = torch.tensor([p[2] for p in parsed], dtype=torch.bool, device=tokens.device)
+        if not self.task.variable:  # a fixed-length answer has all l positions; missing nodes read -1
+            counts = torch.full_like(counts, self.task.max_path_len)
+        return nodes, counts, well_formed
 
     def teacher_forced_nodes(self, pred: torch.Tensor, batch: EncodedBatch, target: torch.Tensor) -> torch.Tensor:
+        target = target[:, : self.task.max_path_len]
         wrong = batch.node_tokens & (pred != batch.target)[:, None, :]  # (B, l, L)
         return torch.where(wrong.any(dim=2), torch.full_like(target, -1), target)

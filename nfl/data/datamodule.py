@@ -1,4 +1,4 @@
-"""LightningDataModule for path-star tasks: seeded streaming or finite training data, a fixed held-out set.
+"""LightningDataModules for any graph task: seeded streaming or finite training data, a fixed held-out set.
 
 Every dataset here yields whole batches (the generator is vectorised), indexed by a *batch number*. Batch
 ``b`` of rank ``r`` is a pure function of ``(seed, r, b)``, so the stream is
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from nfl.data.path_star import graph_keys, read_file, sample_graphs
-from nfl.data.vocab import PathStarTask
 from nfl.errors import UserInputError, at_least, require
+from nfl.tasks.base import GraphTask
+from nfl.tasks.path_star import PathStar
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # (prefix (B, P), target (B, l)), int64 on CPU
+Batch = tuple[torch.Tensor, torch.Tensor]  # (prefix (B, P), target (B, target_len)), int64 on CPU
 
 _STREAM, _EPOCH_ORDER, _TEST, _RESAMPLE = 0, 1, 2, 3  # salts that keep the seed streams apart
 
@@ -42,9 +42,9 @@ def _worker_slice() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool) -> Batch:
+def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool, task: GraphTask) -> Batch:
     if reverse:
-        target = target[:, ::-1]
+        target = task.reverse_answers(target)
     return torch.from_numpy(np.ascontiguousarray(prefix)), torch.from_numpy(np.ascontiguousarray(target))
 
 
@@ -53,22 +53,10 @@ def _apply(transform: Callable[[torch.Tensor, torch.Tensor], Any], batch: Batch)
 
 
 def sample_excluding(
-    rng: np.random.Generator, n: int, task: PathStarTask, excluded: Optional[np.ndarray]
+    rng: np.random.Generator, n: int, task: GraphTask, excluded: Optional[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``n`` graphs, redrawing any whose :func:`graph_keys` is in the sorted array ``excluded``."""
-    prefix, target = sample_graphs(rng, n, task)
-    if excluded is None or len(excluded) == 0:
-        return prefix, target
-    for _ in range(100):
-        hit = np.isin(graph_keys(prefix, task), excluded, assume_unique=False)
-        if not hit.any():
-            return prefix, target
-        prefix[hit], target[hit] = sample_graphs(rng, int(hit.sum()), task)
-    raise UserInputError(
-        f"Could not draw training graphs outside the held-out set for G({task.degree},{task.path_len},"
-        f"{task.num_nodes}) after 100 tries: the test set covers nearly every possible graph. "
-        "Lower n_test, raise num_nodes, or set exclude_test: false."
-    )
+    """Draw ``n`` graphs of ``task`` outside the sorted key array ``excluded`` (see :meth:`GraphTask.sample_excluding`)."""
+    return task.sample_excluding(rng, n, excluded)
 
 
 class TrainBatches(IterableDataset):
@@ -80,7 +68,7 @@ class TrainBatches(IterableDataset):
 
     def __init__(
         self,
-        task: PathStarTask,
+        task: GraphTask,
         batch_size: int,
         seed: int,
         reverse: bool = False,
@@ -105,12 +93,12 @@ class TrainBatches(IterableDataset):
         """Batch number ``b`` of this rank: deterministic in (seed, rank, b)."""
         if self.graphs is None:
             rng = np.random.default_rng([self.seed, _STREAM, self.rank, b])
-            return _to_batch(*sample_excluding(rng, self.batch_size, self.task, self.excluded), self.reverse)
+            return _to_batch(*sample_excluding(rng, self.batch_size, self.task, self.excluded), self.reverse, self.task)
         epoch, j = divmod(b, self.batches_per_epoch)
         order = np.random.default_rng([self.seed, _EPOCH_ORDER, epoch]).permutation(len(self.graphs[1]))
         first = (j * self.world_size + self.rank) * self.batch_size
         idx = order[first : first + self.batch_size]
-        return _to_batch(self.graphs[0][idx], self.graphs[1][idx], self.reverse)
+        return _to_batch(self.graphs[0][idx], self.graphs[1][idx], self.reverse, self.task)
 
     def __iter__(self) -> Iterator[Batch]:
         worker, n_workers = _worker_slice()
@@ -130,9 +118,12 @@ class EvalBatches(IterableDataset):
         reverse: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        task: Optional[GraphTask] = None,
     ) -> None:
+        if reverse and task is None:
+            raise ValueError("reversed evaluation batches need the task")
         self.prefix, self.target = graphs[0][rank::world_size], graphs[1][rank::world_size]
-        self.batch_size, self.reverse = batch_size, reverse
+        self.batch_size, self.reverse, self.task = batch_size, reverse, task
 
     def __len__(self) -> int:
         return math.ceil(len(self.target) / self.batch_size)
@@ -141,17 +132,20 @@ class EvalBatches(IterableDataset):
         worker, n_workers = _worker_slice()
         for i in range(worker, len(self), n_workers):
             s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            yield _to_batch(self.prefix[s], self.target[s], self.reverse)
+            yield _to_batch(self.prefix[s], self.target[s], self.reverse, self.task)
 
 
-class PathStarDataModule(pl.LightningDataModule):
-    """Path-star G(degree, path_len, num_nodes) training and held-out data (SPEC §5).
+class TaskDataModule(pl.LightningDataModule):
+    """Training and held-out data of any graph task, chosen by ``class_path``::
+
+        data:
+          class_path: nfl.data.TaskDataModule
+          init_args:
+            task: {class_path: nfl.tasks.TreeStar, init_args: {degree: 2, branching: 2, depth: 2}}
 
     Args:
-        degree: number of arms ``d``.
-        path_len: nodes on the answer path ``l`` (start and goal included).
-        num_nodes: label range ``N``; the vocabulary is ``N + 4``.
-        reverse: train and evaluate on the reversed path (goal first).
+        task: the graph task (``nfl.tasks.PathStar``, ``nfl.tasks.TreeStar``, ``nfl.tasks.DagSearch``, ...).
+        reverse: train and evaluate on the reversed answer (goal first).
         batch_size: training batch size per rank.
         eval_batch_size: batch size for validation/test/predict (default: ``batch_size``).
         n_train: finite training set size (epochs over it, reshuffled each epoch); ``null`` streams fresh
@@ -163,8 +157,8 @@ class PathStarDataModule(pl.LightningDataModule):
         seed: seed of the training data.
         test_seed: seed of the held-out set.
         exclude_test: never train on a graph of the held-out set (same edges and query, any edge order).
-        train_file: train on this reference-format file (finite mode) instead of generated graphs.
-        test_file: take the held-out set from this reference-format file.
+        train_file: train on this text file (finite mode) instead of generated graphs.
+        test_file: take the held-out set from this text file.
         num_workers: DataLoader worker processes generating training batches (and tokenising them, for
             backbones with their own tokenizer).
 
@@ -175,9 +169,7 @@ class PathStarDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        degree: int = 2,
-        path_len: int = 5,
-        num_nodes: int = 50,
+        task: GraphTask,
         reverse: bool = False,
         batch_size: int = 256,
         eval_batch_size: Optional[int] = None,
@@ -194,9 +186,7 @@ class PathStarDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         me = type(self)
-        at_least(me, "degree", degree, 1)
-        at_least(me, "path_len", path_len, 2, "start and goal are distinct nodes")
-        self.task = PathStarTask(degree, path_len, num_nodes)  # raises at config time if infeasible
+        self.task = task
         at_least(me, "batch_size", batch_size, 1)
         at_least(me, "eval_batch_size", eval_batch_size, 1, "or null for batch_size")
         at_least(me, "n_test", n_test, 1)
@@ -222,7 +212,7 @@ class PathStarDataModule(pl.LightningDataModule):
         for name, path in (("train_file", train_file), ("test_file", test_file)):
             require(
                 path is None or os.path.isfile(path), me, name, path,
-                "no such file; give a data file in the reference format (python -m nfl.data generate writes one)",
+                "no such file; give a data file in the task's text format (python -m nfl.data generate writes one)",
             )
         self.reverse, self.batch_size = reverse, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -242,15 +232,15 @@ class PathStarDataModule(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.test_graphs is None:
             if self.test_file:
-                self.test_graphs = read_file(self.test_file, self.task)
+                self.test_graphs = self.task.read_file(self.test_file)
             else:
                 rng = np.random.default_rng([self.test_seed, _TEST])
-                self.test_graphs = sample_graphs(rng, self.n_test, self.task)
+                self.test_graphs = self.task.sample(rng, self.n_test)
             if self.exclude_test:
-                self._excluded = np.unique(graph_keys(self.test_graphs[0], self.task))
+                self._excluded = np.unique(self.task.graph_keys(self.test_graphs[0]))
         if stage in (None, "fit", "validate") and self.train_graphs is None:
             if self.train_file:
-                self.train_graphs = self._drop_test_graphs(read_file(self.train_file, self.task), self.train_file)
+                self.train_graphs = self._drop_test_graphs(self.task.read_file(self.train_file), self.train_file)
             elif self.n_train is not None:
                 rng = np.random.default_rng([self.seed, _RESAMPLE])
                 self.train_graphs = sample_excluding(rng, self.n_train, self.task, self._excluded)
@@ -258,7 +248,7 @@ class PathStarDataModule(pl.LightningDataModule):
     def _drop_test_graphs(self, graphs: tuple[np.ndarray, np.ndarray], source: str) -> tuple[np.ndarray, np.ndarray]:
         if self._excluded is None:
             return graphs
-        keep = ~np.isin(graph_keys(graphs[0], self.task), self._excluded)
+        keep = ~np.isin(self.task.graph_keys(graphs[0]), self._excluded)
         dropped = int((~keep).sum())
         if keep.sum() < self.batch_size:
             raise UserInputError(
@@ -301,7 +291,7 @@ class PathStarDataModule(pl.LightningDataModule):
     def _eval(self, graphs: tuple[np.ndarray, np.ndarray], n: Optional[int] = None) -> DataLoader:
         rank, world = self._rank()
         graphs = (graphs[0][:n], graphs[1][:n]) if n is not None else graphs
-        return self._loader(EvalBatches(graphs, self.eval_batch_size, self.reverse, rank, world))
+        return self._loader(EvalBatches(graphs, self.eval_batch_size, self.reverse, rank, world, self.task))
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = [self._eval(self.test_graphs, self.n_val)]
@@ -320,3 +310,43 @@ class PathStarDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._eval(self.test_graphs)
+
+
+class PathStarDataModule(TaskDataModule):
+    """Path-star G(degree, path_len, num_nodes) data: the shorthand for ``TaskDataModule`` with
+    ``task: nfl.tasks.PathStar`` (Bachmann & Nagarajan 2024), which every reference config uses.
+
+    Args:
+        degree: number of arms ``d``.
+        path_len: nodes on the answer path ``l`` (start and goal included).
+        num_nodes: label range ``N``; the vocabulary is ``N + 4``.
+        reverse, batch_size, eval_batch_size, n_train, n_test, n_val, n_train_eval, seed, test_seed,
+        exclude_test, train_file, test_file, num_workers: as for :class:`TaskDataModule`; the files are in the
+        reference code's format.
+    """
+
+    def __init__(
+        self,
+        degree: int = 2,
+        path_len: int = 5,
+        num_nodes: int = 50,
+        reverse: bool = False,
+        batch_size: int = 256,
+        eval_batch_size: Optional[int] = None,
+        n_train: Optional[int] = None,
+        n_test: int = 20000,
+        n_val: Optional[int] = None,
+        n_train_eval: int = 0,
+        seed: int = 0,
+        test_seed: int = 1,
+        exclude_test: bool = True,
+        train_file: Optional[str] = None,
+        test_file: Optional[str] = None,
+        num_workers: int = 0,
+    ) -> None:
+        at_least(type(self), "degree", degree, 1)
+        at_least(type(self), "path_len", path_len, 2, "start and goal are distinct nodes")
+        super().__init__(
+            PathStar(degree, path_len, num_nodes), reverse, batch_size, eval_batch_size, n_train, n_test, n_val,
+            n_train_eval, seed, test_seed, exclude_test, train_file, test_file, num_workers,
+        )

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from nfl.data.codec import NumeralCodec
-from nfl.data.vocab import PathStarTask
+from nfl.tasks.base import GraphTask
 
 
 class Backbone(nn.Module):
@@ -46,7 +46,7 @@ class Backbone(nn.Module):
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)
         raise NotImplementedError
 
-    def codec(self, task: PathStarTask) -> NumeralCodec:
+    def codec(self, task: GraphTask) -> NumeralCodec:
         """Translation between the task's numeral batches and this backbone's tokens (default: none needed)."""
         return NumeralCodec(task)
 

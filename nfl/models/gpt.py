@@ -4,7 +4,7 @@ References: Radford et al. 2019 (GPT-2); karpathy/nanoGPT for the layout. The re
 path-star task (Bachmann & Nagarajan 2024) is 6 layers, width 384, 6 heads.
 
 Unlike the reference code, the position embedding starts at N(0, 0.02) like every other weight: PyTorch's
-N(0, 1) default makes positions ~50x louder than tokens and stalls small models at chance (SPEC §7).
+N(0, 1) default makes positions ~50x louder than tokens and stalls small models at chance (a defect of the reference code).
 """
 
 from __future__ import annotations

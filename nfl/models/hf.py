@@ -23,8 +23,8 @@ from typing import Any, Literal, Optional
 import torch
 
 from nfl.data.codec import TextCodec
-from nfl.data.vocab import PathStarTask
 from nfl.errors import OptionError, UserInputError, require
+from nfl.tasks.base import GraphTask
 from nfl.models.base import Backbone
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class HFCausalLM(Backbone):
         params = inspect.signature(self.lm.base_model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
-    def codec(self, task: PathStarTask) -> TextCodec:
+    def codec(self, task: GraphTask) -> TextCodec:
         return TextCodec(self.tokenizer, task, self.pad_id, self.dummy_token, self.max_seq_len)
 
     def _padding_mask(self, idx: torch.Tensor) -> torch.Tensor:

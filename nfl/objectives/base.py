@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
-from nfl.data.codec import IGNORE_INDEX
-from nfl.data.vocab import PathStarTask
 from nfl.models.base import Backbone
+from nfl.tasks.base import IGNORE_INDEX, GraphTask
 
 
 @dataclass
@@ -29,18 +28,37 @@ class ObjectiveOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)  # objective-specific, logged as given
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """What an objective needs beyond its task: token ids of its own, and a longer input sequence."""
+
+    tokens: tuple[str, ...] = ()  # names of the objective's tokens (a mask, delimiters, registers, ...)
+    extra_len: int = 0  # input positions beyond the task's teacher-forcing length
+
+
 class Objective(nn.Module):
     """Base class of training objectives."""
 
-    task: PathStarTask
+    task: GraphTask
+    token_ids: dict[str, int]  # the ids of :meth:`reserve`'s tokens, set by the system before :meth:`bind`
 
-    def bind(self, task: PathStarTask, backbone: Backbone, dummy: Optional[int] = None) -> None:
+    def reserve(self, task: GraphTask) -> Reservation:
+        """Tokens and sequence length this objective needs beyond ``task``'s; asked once, before the backbone
+        is built, so the backbone's vocabulary and length are the task's plus these. The system allocates the
+        tokens right after the task's own ids and puts them in ``self.token_ids`` (name -> id)."""
+        return Reservation()
+
+    def bind(
+        self, task: GraphTask, backbone: Backbone, dummy: Optional[int] = None, stop: Optional[int] = None
+    ) -> None:
         """Attach to a task and backbone; objectives with parameters create them here.
 
-        ``dummy`` is the teacherless dummy's token id in the backbone's tokens (default the numeral ``$``).
+        ``dummy`` is the teacherless dummy's token id in the backbone's tokens (default the numeral ``$``);
+        ``stop`` the token that ends an answer, where free-running decoding may stop (None: fixed length).
         """
         self.task = task
         self.dummy = task.dummy if dummy is None else dummy
+        self.stop = stop
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
         """Loss and teacher-forced logits. ``prefix`` (B, P) and ``target`` (B, l) are in the backbone's tokens;
@@ -49,7 +67,8 @@ class Objective(nn.Module):
         raise NotImplementedError
 
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
-        """Free-running prediction of ``steps`` answer tokens (B, steps) from the prefix alone (default ``l``)."""
+        """Free-running prediction of ``steps`` answer tokens (B, steps) from the prefix alone (default: the
+        task's answer width); past an end token, the tokens are not read."""
         raise NotImplementedError
 
     def evaluate(

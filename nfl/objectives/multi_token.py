@@ -1,4 +1,4 @@
-"""Multi-token heads: a shared trunk and ``k`` output heads, head ``j`` predicting the token ``j`` ahead (SPEC §2).
+"""Multi-token heads: a shared trunk and ``k`` output heads, head ``j`` predicting the token ``j`` ahead (Gloeckle et al. 2024, arXiv 2404.19737).
 
 Reference: Gloeckle et al. 2024, "Better & Faster Large Language Models via Multi-token Prediction"
 (arXiv 2404.19737). Input is teacher-forced (``prefix + target[:-1]``); decoding is greedy with head 1,
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
-from nfl.data.vocab import PathStarTask
+from nfl.tasks.base import GraphTask
 from nfl.decoding import continue_greedy, continue_speculative, greedy_decode, speculative_greedy_decode
 from nfl.errors import OptionError, at_least, require
 from nfl.models.base import Backbone
@@ -106,13 +106,15 @@ class MultiTokenHeads(Objective):
         self.k, self.reduction, self.speculative = k, reduction, speculative
         self.head_weights = [1.0] * k if head_weights is None else [float(w) for w in head_weights]
 
-    def bind(self, task: PathStarTask, backbone: Backbone, dummy: Optional[int] = None) -> None:
-        super().bind(task, backbone, dummy)
-        if self.k > task.path_len:
+    def bind(
+        self, task: GraphTask, backbone: Backbone, dummy: Optional[int] = None, stop: Optional[int] = None
+    ) -> None:
+        super().bind(task, backbone, dummy, stop)
+        if self.k > task.target_len:
             raise OptionError(
                 type(self), "k", self.k,
-                f"exceeds path_len={task.path_len}; head j needs an answer token j steps past '=', so k can be at "
-                "most path_len",
+                f"exceeds the answer length {task.target_len}; head j needs an answer token j steps past '=', so k "
+                "can be at most path_len (the answer length)",
             )
         dtype = next(backbone.parameters()).dtype  # a pretrained backbone may hold bf16 weights
         self.heads = nn.ModuleList(LookaheadHead(backbone.d_model) for _ in range(self.k - 1)).to(dtype)  # heads 2..k
@@ -152,7 +154,7 @@ class MultiTokenHeads(Objective):
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         steps = steps or self.task.target_len
         if not self.speculative or self.k == 1:
-            return greedy_decode(backbone, prefix, steps)
+            return greedy_decode(backbone, prefix, steps, stop=self.stop)
         return speculative_greedy_decode(backbone, prefix, steps, self._drafters(backbone))
 
     @torch.no_grad()
@@ -169,7 +171,7 @@ class MultiTokenHeads(Objective):
         P = prefix.shape[1]
         if self.speculative and self.k > 1 and backbone.rewind_cache(cache, P):
             return out, continue_speculative(backbone, cache, P, hidden[:, 0], steps, self._drafters(backbone))
-        return out, continue_greedy(backbone, cache, out.logits[:, 0], steps)
+        return out, continue_greedy(backbone, cache, out.logits[:, 0], steps, self.stop)
 
     def eval_metric(self) -> Metric:
         return HeadAccuracy(self.k)

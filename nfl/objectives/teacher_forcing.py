@@ -1,4 +1,4 @@
-"""Teacher forcing: next-token prediction on the answer, with the true previous tokens as input (SPEC §2).
+"""Teacher forcing: next-token prediction on the answer, with the true previous tokens as input (Bachmann & Nagarajan 2024, §2).
 
 Input ``prefix + target[:-1]``; cross-entropy on the ``l`` target positions only (the prefix is never a
 loss target). Decoding is greedy and autoregressive. This is the objective whose failure on path-star
@@ -42,7 +42,7 @@ class TeacherForcing(Objective):
         return ObjectiveOutput(target_cross_entropy(logits, target), logits)
 
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
-        return greedy_decode(backbone, prefix, steps or self.task.target_len, self.use_cache)
+        return greedy_decode(backbone, prefix, steps or self.task.target_len, self.use_cache, self.stop)
 
     @torch.no_grad()
     def evaluate(
@@ -59,5 +59,5 @@ class TeacherForcing(Objective):
             return super().evaluate(backbone, prefix, target, steps)
         hidden, cache = shared
         logits = backbone.unembed(hidden)  # (B, l, V)
-        generated = continue_greedy(backbone, cache, logits[:, 0], steps)
+        generated = continue_greedy(backbone, cache, logits[:, 0], steps, self.stop)
         return ObjectiveOutput(target_cross_entropy(logits, target), logits), generated

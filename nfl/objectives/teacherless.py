@@ -1,4 +1,4 @@
-"""Teacherless training: every answer position sees the dummy token ``$`` instead of the answer (SPEC §2).
+"""Teacherless training: every answer position sees the dummy token ``$`` instead of the answer (Bachmann & Nagarajan 2024, §4.1).
 
 Bachmann & Nagarajan's remedy: without the true previous tokens as input the model cannot use the
 Clever-Hans shortcut and must plan the whole path from the prefix. All ``l`` target tokens are predicted in

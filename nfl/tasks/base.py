@@ -1,0 +1,306 @@
+"""The graph-task contract: what every task owns, and the token layout all tasks share.
+
+A graph task (path-star, tree-star, DAG search, ...) is a small frozen dataclass that owns its sizes, its
+token ids, a vectorised seeded sampler, its text format, the key that keeps held-out graphs out of training,
+answer parsing, and its own diagnostics. Everything else in nfl (data module, system, codec, metrics,
+callbacks, report, bench, ``nfl.data``) reads a task only through this class.
+
+**Grammar.** Every task writes the reference grammar of Bachmann & Nagarajan (2024)::
+
+    u,v|u,v|.../s,g=p1,...,pk          (query after the graph, the default)
+    s,g/u,v|u,v|...=p1,...,pk          (query first, ``query_first=True``; Frydenlund 2024)
+
+**Token ids.** Node ``i`` is token ``i``; ``|`` = N, ``=`` = N+1, ``/`` = N+2, ``$`` = N+3 (the teacherless
+dummy). A task whose answers or edge lists vary in length also has ``end`` = N+4, which closes each answer,
+and ``pad`` = N+5, which fills unused slots; a fixed-size task (plain path-star) has neither, so its
+vocabulary, sequences and text stay exactly the reference's.
+
+**Layout of a prefix** (``prefix_len = 3 * max_edges + 3`` tokens, the same for every row of a task): the
+edge list occupies ``max_edges`` slots of three tokens ``u v sep``; a graph with fewer edges leaves its first
+slots as ``pad pad pad``. The separator is ``|`` between edges and ``/`` (query last) or ``=`` (query first)
+after the last one. Query last: ``[slots] s g =``; query first: ``s g / [slots]``. So edges and query sit at
+the same columns in every row, and reading them back is slicing.
+
+**Answers** (``target``, ``target_len`` columns): the path's nodes, then ``end`` (variable-length tasks), then
+:data:`IGNORE_INDEX` up to the width. Samplers and files give the forward path (start first);
+:meth:`GraphTask.reverse_answers` makes the reversed encoding.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional
+
+import numpy as np
+
+from nfl.errors import UserInputError
+
+IGNORE_INDEX = -100  # answer columns past a row's end: no loss, no metric
+
+
+class InfeasibleGraphError(UserInputError):
+    """Task options that cannot produce a graph (too few labels for the nodes it needs, empty ranges)."""
+
+
+class DataFileError(UserInputError):
+    """A data file that cannot be read as the configured task."""
+
+
+class GraphTask:
+    """Base class of graph tasks. Subclasses are frozen dataclasses whose fields are the task's options
+    (``num_nodes`` among them, and ``query_first`` where the task offers it); they implement
+    :attr:`max_edges`, :attr:`max_path_len`, :attr:`variable`, :meth:`sample` and :meth:`describe`, and may
+    add diagnostics (:meth:`diagnostics`) and report columns."""
+
+    num_nodes: int
+
+    # --- what a subclass defines --------------------------------------------------------------------
+    @property
+    def max_edges(self) -> int:
+        """Edge slots in a prefix: the most edges a graph of this task has."""
+        raise NotImplementedError
+
+    @property
+    def max_path_len(self) -> int:
+        """The most nodes an answer has (start and goal included)."""
+        raise NotImplementedError
+
+    @property
+    def variable(self) -> bool:
+        """Whether answers or edge lists differ in length (then the task has ``end`` and ``pad`` tokens)."""
+        raise NotImplementedError
+
+    @property
+    def query_first(self) -> bool:
+        return False
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` independent graphs: ``(prefix (n, prefix_len), target (n, target_len))`` int64, forward paths."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """A short name with the options, e.g. ``G(2,5,50)``, for messages and reports."""
+        raise NotImplementedError
+
+    def diagnostics(self, reverse: bool = False):  # -> Optional[torchmetrics.Metric], imported lazily
+        """The task's own metric beside the generic ones (see :mod:`nfl.metrics`), or None."""
+        return None
+
+    report_columns: tuple[tuple[str, str], ...] = ()  # (column, test tag) this task adds to nfl.report
+
+    # --- token ids ----------------------------------------------------------------------------------
+    @property
+    def pipe(self) -> int:
+        return self.num_nodes
+
+    @property
+    def eq(self) -> int:
+        return self.num_nodes + 1
+
+    @property
+    def slash(self) -> int:
+        return self.num_nodes + 2
+
+    @property
+    def dummy(self) -> int:
+        return self.num_nodes + 3
+
+    @property
+    def end(self) -> Optional[int]:
+        return self.num_nodes + 4 if self.variable else None
+
+    @property
+    def pad(self) -> Optional[int]:
+        return self.num_nodes + 5 if self.variable else None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_nodes + (6 if self.variable else 4)
+
+    # --- lengths ------------------------------------------------------------------------------------
+    @property
+    def prefix_len(self) -> int:
+        """Tokens up to and including ``=``."""
+        return 3 * self.max_edges + 3
+
+    @property
+    def target_len(self) -> int:
+        """Answer columns: the longest path, plus the end token where answers vary."""
+        return self.max_path_len + (1 if self.variable else 0)
+
+    @property
+    def seq_len(self) -> int:
+        """Model input length under teacher forcing: prefix + target[:-1]."""
+        return self.prefix_len + self.target_len - 1
+
+    # --- the prefix layout --------------------------------------------------------------------------
+    @property
+    def _edge_col(self) -> int:
+        return 3 if self.query_first else 0
+
+    @property
+    def _query_col(self) -> int:
+        return 0 if self.query_first else 3 * self.max_edges
+
+    def edges_of(self, prefix):
+        """``(parents, children)``, each (B, max_edges), of prefixes (numpy or torch); ``pad`` in unused slots."""
+        c, e = self._edge_col, self.max_edges
+        return prefix[:, c : c + 3 * e : 3], prefix[:, c + 1 : c + 3 * e : 3]
+
+    def query_of(self, prefix):
+        """``(start, goal)``, each (B,), of prefixes (numpy or torch)."""
+        q = self._query_col
+        return prefix[:, q], prefix[:, q + 1]
+
+    def encode_prefix(self, parents: np.ndarray, children: np.ndarray, start: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        """Token ids of prefixes from edge arrays (n, max_edges), unused slots first and holding ``pad``, and
+        query arrays (n,)."""
+        n, e = parents.shape
+        if e != self.max_edges:
+            raise ValueError(f"{e} edge slots for a task with {self.max_edges}")
+        prefix = np.empty((n, self.prefix_len), dtype=np.int64)
+        c, q = self._edge_col, self._query_col
+        prefix[:, c : c + 3 * e : 3] = parents
+        prefix[:, c + 1 : c + 3 * e : 3] = children
+        seps = prefix[:, c + 2 : c + 3 * e : 3]
+        seps[:] = self.pipe
+        if self.variable:
+            seps[parents == self.pad] = self.pad
+        seps[:, -1] = self.eq if self.query_first else self.slash
+        prefix[:, q], prefix[:, q + 1] = start, goal
+        if self.query_first:
+            prefix[:, 2] = self.slash
+        else:
+            prefix[:, -1] = self.eq
+        return prefix
+
+    # --- answers ------------------------------------------------------------------------------------
+    def encode_answers(self, paths: np.ndarray, lengths: Optional[np.ndarray] = None) -> np.ndarray:
+        """``target`` (n, target_len) from node arrays (n, >= max length) and per-row lengths (default: all
+        ``max_path_len``): the nodes, ``end`` where answers vary, then IGNORE_INDEX."""
+        n = len(paths)
+        lengths = np.full(n, self.max_path_len) if lengths is None else lengths
+        target = np.full((n, self.target_len), IGNORE_INDEX, dtype=np.int64)
+        cols = np.arange(self.target_len)
+        width = min(paths.shape[1], self.target_len)
+        inside = cols[None, :width] < lengths[:, None]
+        target[:, :width][inside] = paths[:, :width][inside]
+        if self.variable:
+            target[np.arange(n), lengths] = self.end
+        return target
+
+    def answer_lengths(self, target):
+        """Nodes in each answer row (numpy or torch): entries below ``num_nodes`` before the end or padding."""
+        return ((target >= 0) & (target < self.num_nodes)).sum(1)
+
+    def reverse_answers(self, target):
+        """Each answer's nodes in reverse order (the end token and padding stay where they are); works on numpy
+        and torch, and is its own inverse."""
+        lengths = self.answer_lengths(target)
+        if not self.variable:
+            return target.flip(1) if hasattr(target, "flip") else target[:, ::-1]
+        cols = np.arange(target.shape[1]) if isinstance(target, np.ndarray) else _arange_like(target)
+        idx = lengths[:, None] - 1 - cols[None, :]
+        idx = idx.clip(0) if isinstance(idx, np.ndarray) else idx.clamp(min=0)
+        inside = cols[None, :] < lengths[:, None]
+        if isinstance(target, np.ndarray):
+            return np.where(inside, np.take_along_axis(target, idx, axis=1), target)
+        return target.gather(1, idx).where(inside, target)
+
+    def parse_generated(self, tokens):
+        """Generated numeral tokens (B, S) (torch) -> ``(nodes (B, max_path_len), -1 where none; lengths (B,);
+        well_formed (B,))``. Fixed-size tasks read the first ``max_path_len`` tokens; variable ones cut at the
+        first ``end``, and an answer with no end token within the budget is not well formed."""
+        import torch
+
+        L = self.max_path_len
+        if not self.variable:
+            nodes = tokens[:, :L]
+            return nodes, torch.full_like(nodes[:, 0], L), None
+        is_end = tokens == self.end
+        has_end = is_end.any(1)
+        lengths = torch.where(has_end, is_end.int().argmax(1), torch.full_like(has_end, tokens.shape[1], dtype=torch.long))
+        cols = torch.arange(L, device=tokens.device)
+        padded = tokens[:, :L] if tokens.shape[1] >= L else torch.cat([tokens, tokens.new_full((tokens.shape[0], L - tokens.shape[1]), -1)], 1)
+        nodes = padded.where(cols[None, :] < lengths[:, None], torch.full_like(padded, -1))
+        well_formed = has_end & (lengths <= L) & (lengths >= 1)
+        return nodes, lengths.clamp(max=L), well_formed
+
+    # --- held-out graphs ----------------------------------------------------------------------------
+    def sample_excluding(self, rng: np.random.Generator, n: int, excluded: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` graphs, redrawing any whose :meth:`graph_keys` is in the sorted array ``excluded``."""
+        prefix, target = self.sample(rng, n)
+        if excluded is None or len(excluded) == 0:
+            return prefix, target
+        for _ in range(100):
+            hit = np.isin(self.graph_keys(prefix), excluded, assume_unique=False)
+            if not hit.any():
+                return prefix, target
+            prefix[hit], target[hit] = self.sample(rng, int(hit.sum()))
+        raise UserInputError(
+            f"Could not draw training graphs outside the held-out set for {self.describe()} after 100 tries: the "
+            "held-out set covers nearly every possible graph. Lower n_test, raise num_nodes, or set exclude_test: false."
+        )
+
+    def graph_keys(self, prefix: np.ndarray) -> np.ndarray:
+        """A 64-bit key per graph that ignores edge order: same edges and query give the same key.
+
+        Used to keep held-out graphs out of training. A collision (about 2^-64 per pair) would only drop one
+        extra training graph, never leak a test graph.
+        """
+        parents, children = self.edges_of(prefix)
+        base = np.uint64(self.vocab_size)
+        codes = np.sort(parents.astype(np.uint64) * base + children.astype(np.uint64), axis=1)
+        start, goal = self.query_of(prefix)
+        query = start.astype(np.uint64) * base + goal.astype(np.uint64)
+        h = np.full(len(prefix), 0xCBF29CE484222325, dtype=np.uint64)  # FNV-1a style mixing, wrapping in uint64
+        prime = np.uint64(0x100000001B3)
+        with np.errstate(over="ignore"):
+            for column in (*codes.T, query):
+                h = (h ^ column) * prime
+                h ^= h >> np.uint64(29)
+        return h
+
+    # --- the text format ----------------------------------------------------------------------------
+    def format_lines(self, prefix: np.ndarray, target: np.ndarray) -> list[str]:
+        """Text lines (no newline) of graphs with *forward* answers."""
+        from nfl.tasks.text import format_text
+
+        return format_text(self, prefix, target).decode("ascii").split("\n")[:-1]
+
+    def prefix_texts(self, prefix: np.ndarray) -> list[str]:
+        """The text of each prefix, up to and including ``=``."""
+        lines = self.format_lines(prefix, np.full((len(prefix), 0), IGNORE_INDEX, dtype=np.int64))
+        return lines
+
+    def write_file(self, path: str | os.PathLike, prefix: np.ndarray, target: np.ndarray) -> None:
+        """Write graphs (forward answers) to a text file, one per line, ``\\n``-terminated."""
+        from nfl.tasks.text import format_text
+
+        with open(path, "wb") as f:
+            for start in range(0, len(prefix), 1 << 16):  # bounded memory for any count
+                f.write(format_text(self, prefix[start : start + (1 << 16)], target[start : start + (1 << 16)]))
+
+    def parse_lines(self, lines: Iterable[str], source: str = "<lines>") -> tuple[np.ndarray, np.ndarray]:
+        """Parse text lines into ``(prefix, target)``; errors name ``source`` and the line."""
+        from nfl.tasks.text import parse_text
+
+        return parse_text(self, lines, source)
+
+    def read_file(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+        """Read a data file into ``(prefix, target)`` arrays with forward answers."""
+        if os.path.isdir(path):
+            raise DataFileError(f"Data file {os.fspath(path)!r} is a folder; give a file (train_file / test_file).")
+        if not os.path.isfile(path):
+            raise DataFileError(f"Data file {os.fspath(path)!r} does not exist; check train_file / test_file.")
+        try:
+            with open(path, encoding="ascii") as f:
+                return self.parse_lines(f, source=os.fspath(path))
+        except UnicodeDecodeError as err:
+            raise DataFileError(f"{os.fspath(path)}: not a text data file ({err.reason} at byte {err.start}).") from None
+
+
+def _arange_like(t):
+    import torch
+
+    return torch.arange(t.shape[1], device=t.device)

@@ -1,0 +1,249 @@
+"""Path-star graphs G(d, l, N) (Bachmann & Nagarajan 2024, §3) and Frydenlund's variants of them.
+
+A start node ``s`` with ``degree`` arms; each arm is a chain leading away from ``s``. Node labels are drawn
+uniformly without repetition from ``0..N-1``; edges point away from the centre and the edge list is shuffled.
+The answer is the path from ``s`` to the goal. With the defaults (every arm ``path_len`` nodes long counting
+``s``, the goal at the end of a uniformly chosen arm, query after the graph, edges shuffled one by one) this
+is the paper's task, byte-compatible with the reference code's files::
+
+    32,3|16,12|3,19|32,34|34,6|6,16|19,47|47,28/32,12=32,34,6,16,12
+
+The variants studied by Frydenlund (EMNLP 2024, arXiv 2410.13779, §5; ACL 2025, arXiv 2503.10542):
+
+- ``arm_lengths: [lo, hi]``: each arm's path length (nodes from ``s`` to its leaf, ``s`` included) is drawn
+  uniformly from ``lo..hi``, independently per arm ("length variation");
+- ``goal: any``: the goal is a uniformly chosen non-start node of a uniformly chosen arm and the answer is
+  truncated there ("generalised queries"; the decision is still the first step off ``s``);
+- ``query_first: true``: the query ``s,g/`` comes before the edge list;
+- ``shuffle: arms``: whole arms are permuted in the edge list, each arm's edges kept in order from ``s``
+  outwards, instead of a uniform shuffle of single edges.
+
+Everything is vectorised numpy with an explicit ``numpy.random.Generator``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+
+from nfl.tasks.base import GraphTask, InfeasibleGraphError
+
+
+@dataclass(frozen=True)
+class PathStar(GraphTask):
+    """Path-star task G(degree, path_len, num_nodes) and its variants.
+
+    Args:
+        degree: number of arms ``d``.
+        path_len: nodes on an arm's path from the start to its leaf, both included (``l``); the answer length
+            of the default task. With ``arm_lengths`` it is the longest arm's and may be left unset.
+        num_nodes: label range ``N``.
+        arm_lengths: ``[lo, hi]``: each arm's path length is drawn uniformly from ``lo..hi`` (``lo >= 2``).
+        goal: ``leaf`` (the end of an arm, the paper's task) or ``any`` (any non-start node of an arm).
+        query_first: write ``s,g/`` before the edge list instead of after it.
+        shuffle: ``edges`` (a uniform shuffle of the edge list) or ``arms`` (whole arms in random order).
+    """
+
+    degree: int = 2
+    path_len: Optional[int] = None
+    num_nodes: int = 50
+    arm_lengths: Optional[tuple[int, int]] = None
+    goal: Literal["leaf", "any"] = "leaf"
+    query_first: bool = False
+    shuffle: Literal["edges", "arms"] = "edges"
+
+    report_columns = (("tf_pos_ge3", "test/tf/pos_ge3"),)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.arm_lengths if self.arm_lengths is not None else (None, None)
+        if self.arm_lengths is not None:
+            if len(self.arm_lengths) != 2 or not 2 <= lo <= hi:
+                raise InfeasibleGraphError(
+                    f"arm_lengths must be [shortest, longest] path lengths with 2 <= shortest <= longest, got "
+                    f"{list(self.arm_lengths)}."
+                )
+            if self.path_len is not None and self.path_len != hi:
+                raise InfeasibleGraphError(
+                    f"path_len={self.path_len} contradicts arm_lengths={list(self.arm_lengths)}, whose longest "
+                    f"arm sets the path length: leave path_len unset or make it {hi}."
+                )
+            object.__setattr__(self, "arm_lengths", (int(lo), int(hi)))
+        object.__setattr__(self, "path_len", hi if hi is not None else (5 if self.path_len is None else self.path_len))
+        if self.degree < 1:
+            raise InfeasibleGraphError(f"degree must be >= 1, got {self.degree}.")
+        if self.path_len < 2:
+            raise InfeasibleGraphError(f"path_len must be >= 2 (start and goal are distinct nodes), got {self.path_len}.")
+        if self.goal not in ("leaf", "any") or self.shuffle not in ("edges", "arms"):
+            raise InfeasibleGraphError(f"goal must be leaf or any and shuffle edges or arms, got {self.goal!r}, {self.shuffle!r}.")
+        if self.num_labels > self.num_nodes:
+            raise InfeasibleGraphError(
+                f"G(degree={self.degree}, path_len={self.path_len}, num_nodes={self.num_nodes}) is infeasible: "
+                f"a graph needs degree*(path_len-1)+1 = {self.num_labels} distinct node labels but num_nodes is "
+                f"{self.num_nodes}. Raise num_nodes to at least {self.num_labels}, or lower degree or path_len."
+            )
+
+    # --- sizes --------------------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        """The most distinct labels in one graph: the centre plus ``path_len - 1`` nodes on each arm."""
+        return self.degree * (self.path_len - 1) + 1
+
+    @property
+    def num_edges(self) -> int:
+        return self.degree * (self.path_len - 1)
+
+    @property
+    def max_edges(self) -> int:
+        return self.num_edges
+
+    @property
+    def max_path_len(self) -> int:
+        return self.path_len
+
+    @property
+    def variable(self) -> bool:
+        return self.arm_lengths is not None or self.goal == "any"
+
+    @property
+    def chance(self) -> float:
+        """Decision-token accuracy of a model that picks an arm uniformly."""
+        return 1.0 / self.degree
+
+    def describe(self) -> str:
+        size = f"G(degree={self.degree}, path_len={self.path_len}, num_nodes={self.num_nodes})"
+        extras = [f"arm_lengths={list(self.arm_lengths)}"] if self.arm_lengths else []
+        extras += [f"goal={self.goal}"] * (self.goal != "leaf") + ["query_first"] * self.query_first
+        extras += [f"shuffle={self.shuffle}"] * (self.shuffle != "edges")
+        return size + (f" [{', '.join(extras)}]" if extras else "")
+
+    def diagnostics(self, reverse: bool = False):
+        from nfl.tasks.path_star_metrics import PathStarDiagnostics
+
+        return PathStarDiagnostics(self, reverse)
+
+    # --- sampling -----------------------------------------------------------------------------------
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` independent graphs; returns ``(prefix, target)`` with forward paths.
+
+        Labels are a uniform random injection of the graph's nodes into ``0..N-1``; the goal arm is uniform
+        over the ``d`` arms; the edge order is a uniform shuffle (or a uniform order of whole arms).
+        """
+        if not self.variable and self.shuffle == "edges":
+            return self._sample_reference(rng, n)
+        d, a = self.degree, self.path_len - 1  # arms, and the most non-start nodes on one
+        e, rows = d * a, np.arange(n)
+        labels = random_injection(rng, n, self.num_nodes, 1 + e, label_dtype(self.num_nodes))
+        start = labels[:, 0]
+        child = labels[:, 1:]  # child[:, k*a + j]: node j+1 of arm k (j = 0 next to s); edge k*a+j ends there
+        parent = np.empty_like(child)
+        parent.reshape(n, d, a)[:, :, 0] = start[:, None]
+        parent.reshape(n, d, a)[:, :, 1:] = child.reshape(n, d, a)[:, :, :-1]
+        if self.arm_lengths is None:
+            lengths = np.full((n, d), a)
+        else:
+            lo, hi = self.arm_lengths
+            lengths = rng.integers(lo - 1, hi, size=(n, d))  # non-start nodes of each arm
+        used = e - lengths.sum(1)  # unused slots, first in the edge list
+
+        # Slot of each canonical edge: present edges after the unused slots, arm by arm (in canonical or, with
+        # shuffle: arms, a uniform arm order), each arm from the start outwards; unused edges fill the front.
+        if self.shuffle == "edges":
+            offset = np.cumsum(lengths, axis=1) - lengths
+        else:
+            order = random_permutation(rng, n, d)  # order[:, r]: the arm at position r
+            ranked = np.take_along_axis(lengths, order, axis=1)
+            offset = np.empty_like(lengths)
+            np.put_along_axis(offset, order, np.cumsum(ranked, axis=1) - ranked, axis=1)
+        j = np.arange(a)[None, None, :]
+        present = j < lengths[:, :, None]  # (n, d, a)
+        gap = a - lengths
+        dest = np.where(
+            present,
+            (used[:, None] + offset)[:, :, None] + j,
+            (np.cumsum(gap, axis=1) - gap)[:, :, None] + j - lengths[:, :, None],
+        ).reshape(n, e)
+        slot = np.empty((n, e), dtype=np.int64)  # slot[:, t]: the canonical edge in list slot t
+        np.put_along_axis(slot, dest, np.broadcast_to(np.arange(e), (n, e)), axis=1)
+        if self.shuffle == "edges":
+            shuffle_suffix(rng, slot, used)  # a uniform order of the present edges
+        edge_p, edge_c = np.take_along_axis(parent, slot, 1), np.take_along_axis(child, slot, 1)
+        if self.variable:
+            unused = np.arange(e)[None, :] < used[:, None]
+            edge_p[unused] = self.pad
+            edge_c[unused] = self.pad
+
+        goal_arm = rng.integers(0, d, size=n)
+        arm_len = lengths[rows, goal_arm]  # non-start nodes on the goal's arm
+        if self.goal == "leaf":
+            depth = arm_len
+        else:
+            depth = (rng.random(n) * arm_len).astype(np.int64) + 1  # uniform over 1..arm_len
+        path = np.empty((n, a + 1), dtype=labels.dtype)
+        path[:, 0] = start
+        path[:, 1:] = child.reshape(n, d, a)[rows, goal_arm]
+        goal = path[rows, depth]
+        return self.encode_prefix(edge_p, edge_c, start, goal), self.encode_answers(path, depth + 1)
+
+    def _sample_reference(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The paper's task, drawn with the same random calls in the same order as nfl always has, so a seed
+        gives the same graphs (and the same results) as before tasks became pluggable."""
+        d, l, e = self.degree, self.path_len, self.num_edges
+        # A per-row Fisher-Yates shuffle of 0..N-1; the first num_labels columns are the graph's labels.
+        labels = rng.permuted(np.broadcast_to(np.arange(self.num_nodes, dtype=np.int64), (n, self.num_nodes)), axis=1)
+        start = labels[:, 0]  # (n,)
+        arms = labels[:, 1 : self.num_labels].reshape(n, d, l - 1)  # (n, d, l-1), arms[:, a, 0] is next to start
+        parents = np.concatenate([np.broadcast_to(start[:, None, None], (n, d, 1)), arms[:, :, :-1]], axis=2)
+        parents, children = parents.reshape(n, e), arms.reshape(n, e)  # edge k: parents[k] -> children[k]
+
+        order = rng.permuted(np.broadcast_to(np.arange(e), (n, e)), axis=1)  # uniform edge order per graph
+        parents = np.take_along_axis(parents, order, axis=1)
+        children = np.take_along_axis(children, order, axis=1)
+
+        goal_arm = rng.integers(0, d, size=n)
+        path = np.concatenate([start[:, None], arms[np.arange(n), goal_arm]], axis=1)  # (n, l)
+        return self.encode_prefix(parents, children, start, path[:, -1]), path
+
+
+# --- vectorised draws shared by the tasks -------------------------------------------------------------------
+def label_dtype(num_nodes: int) -> type:
+    """The smallest integer dtype that holds every token id of a task with ``num_nodes`` labels."""
+    for dtype in (np.uint8, np.int16, np.int32):
+        if num_nodes + 6 <= np.iinfo(dtype).max:
+            return dtype
+    return np.int64
+
+
+def random_injection(rng: np.random.Generator, n: int, num_labels: int, k: int, dtype=np.int64) -> np.ndarray:
+    """``(n, k)``: per row ``k`` distinct labels of ``0..num_labels-1``, a uniformly drawn ordered selection
+    (the first ``k`` entries of a uniform random permutation). A partial Fisher-Yates shuffle vectorised over
+    the rows: ``k`` steps, each swapping one column with a uniformly drawn later one."""
+    arr = np.empty((n, num_labels), dtype=dtype)
+    arr[:] = np.arange(num_labels, dtype=dtype)
+    flat = arr.reshape(-1)
+    base = np.arange(n, dtype=np.int64) * num_labels
+    for i in range(min(k, num_labels - 1)):
+        idx = base + rng.integers(i, num_labels, size=n)
+        tmp = flat[idx]
+        flat[idx] = arr[:, i]
+        arr[:, i] = tmp
+    return arr[:, :k]
+
+
+def random_permutation(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``(n, k)`` int64: a uniform random permutation of ``0..k-1`` per row."""
+    return random_injection(rng, n, k, k, np.int64)
+
+
+def shuffle_suffix(rng: np.random.Generator, arr: np.ndarray, lo: np.ndarray) -> None:
+    """Shuffle ``arr[b, lo[b]:]`` uniformly, in place, for every row ``b`` (vectorised Fisher-Yates)."""
+    n, k = arr.shape
+    flat = arr.reshape(-1)
+    base = np.arange(n, dtype=np.int64) * k
+    for i in range(k - 1):
+        j = np.where(lo <= i, rng.integers(i, k, size=n), i)
+        idx = base + j
+        tmp = flat[idx]
+        flat[idx] = arr[:, i]
+        arr[:, i] = tmp

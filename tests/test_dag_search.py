@@ -1,0 +1,278 @@
+"""DagSearch (Saparov et al. 2025 distributions, whole shortest-path answers): invariants checked against an
+independent per-graph Python BFS, determinism, uniform tie breaking, the text round trip, distribution shape,
+and option checks. Pure numpy and fast."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+import pytest
+
+from nfl.tasks.base import IGNORE_INDEX, InfeasibleGraphError
+from nfl.tasks.dag_search import DagSearch, bfs, sample_shortest_paths
+
+DISTRIBUTIONS = ["naive", "balanced", "star"]
+
+
+# --- independent helpers (plain Python, one graph at a time) -------------------------------------------
+def graphs(task, prefix, target):
+    """Per row: (edges list, start, goal, answer list), checking the slot layout on the way."""
+    parents, children = task.edges_of(prefix)
+    start, goal = task.query_of(prefix)
+    lengths = task.answer_lengths(target)
+    out = []
+    for i in range(len(prefix)):
+        unused = parents[i] == task.pad
+        assert (children[i][unused] == task.pad).all()
+        k = int(unused.sum())
+        assert not unused[k:].any(), "unused edge slots must come first"
+        edges = list(zip(parents[i][k:].tolist(), children[i][k:].tolist()))
+        n = int(lengths[i])
+        row = target[i].tolist()
+        assert row[n] == task.end and all(t == IGNORE_INDEX for t in row[n + 1 :])
+        out.append((edges, int(start[i]), int(goal[i]), row[:n]))
+    return out
+
+
+def python_bfs(edges, start):
+    succ = {}
+    for u, v in edges:
+        succ.setdefault(u, []).append(v)
+    dist, queue = {start: 0}, deque([start])
+    while queue:
+        u = queue.popleft()
+        for v in succ.get(u, []):
+            if v not in dist:
+                dist[v] = dist[u] + 1
+                queue.append(v)
+    return dist
+
+
+def is_dag(edges):
+    nodes = {x for e in edges for x in e}
+    indeg = {x: 0 for x in nodes}
+    for _, v in edges:
+        indeg[v] += 1
+    ready = [x for x in nodes if indeg[x] == 0]
+    seen = 0
+    while ready:
+        u = ready.pop()
+        seen += 1
+        for a, b in edges:
+            if a == u:
+                indeg[b] -= 1
+                if indeg[b] == 0:
+                    ready.append(b)
+    return seen == len(nodes)
+
+
+def all_shortest_paths(edges, start, goal):
+    dist = python_bfs(edges, start)
+    succ = {}
+    for u, v in edges:
+        succ.setdefault(u, []).append(v)
+    paths = []
+
+    def walk(path):
+        u = path[-1]
+        if u == goal:
+            paths.append(path)
+            return
+        for v in succ.get(u, []):
+            if dist.get(v) == dist[u] + 1 and dist[v] <= dist[goal]:
+                walk(path + [v])
+
+    walk([start])
+    return paths
+
+
+# --- invariants ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("query_first", [False, True])
+def test_answers_are_shortest_paths_of_dags(distribution, query_first):
+    task = DagSearch(distribution=distribution, query_first=query_first)
+    prefix, target = task.sample(np.random.default_rng(3), 300)
+    assert prefix.shape == (300, task.prefix_len) == (300, 3 * task.max_edges + 3)
+    assert target.shape == (300, task.max_path_len + 1)
+    assert (task.end, task.pad, task.vocab_size) == (54, 55, 56)
+    for edges, s, g, answer in graphs(task, prefix, target):
+        assert 1 <= len(edges) <= task.max_edges
+        assert len(set(edges)) == len(edges) and all(u != v for u, v in edges)
+        nodes = {x for e in edges for x in e}
+        assert all(0 <= x < task.num_nodes for x in nodes) and len(nodes) <= task.max_vertices
+        assert is_dag(edges)
+        assert s in nodes and g in nodes and s != g
+        assert answer[0] == s and answer[-1] == g
+        assert all(step in set(edges) for step in zip(answer[:-1], answer[1:]))
+        dist = python_bfs(edges, s)
+        assert len(answer) - 1 == dist[g], "the answer must be a shortest path"
+        assert 2 <= len(answer) <= task.max_path_len
+    # Labels are a random injection: the start's label is spread over the label range.
+    start, _ = task.query_of(prefix)
+    assert len(np.unique(start)) > 40
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_same_seed_same_graphs_other_seed_differs(distribution):
+    task = DagSearch(distribution=distribution)
+    a = task.sample(np.random.default_rng(11), 200)
+    b = task.sample(np.random.default_rng(11), 200)
+    c = task.sample(np.random.default_rng(12), 200)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0]) and not np.array_equal(a[1], c[1])
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+@pytest.mark.parametrize("query_first", [False, True])
+def test_text_round_trip(distribution, query_first):
+    task = DagSearch(distribution=distribution, query_first=query_first)
+    prefix, target = task.sample(np.random.default_rng(5), 200)
+    lines = task.format_lines(prefix, target)
+    assert all(("/" in line.split("=")[0]) for line in lines)
+    back_prefix, back_target = task.parse_lines(lines)
+    np.testing.assert_array_equal(back_prefix, prefix)
+    np.testing.assert_array_equal(back_target, target)
+
+
+# --- tie breaking ---------------------------------------------------------------------------------------
+def test_ties_are_uniform_over_shortest_paths():
+    # s=0 -> a=1, s -> b=2, a -> x=3, b -> x, b -> y=4, x -> g=5, y -> g, plus a longer route 0 -> 6 -> 7 -> 8 -> 5.
+    # Shortest paths 0-1-3-5, 0-2-3-5, 0-2-4-5: 1/3 each when uniform (a predecessor drawn uniformly at each
+    # backtracking step would give 1/4, 1/4, 1/2).
+    edges = [(0, 1), (0, 2), (1, 3), (2, 3), (2, 4), (3, 5), (4, 5), (0, 6), (6, 7), (7, 8), (8, 5)]
+    B, V = 6000, 9
+    adj = np.zeros((B, V, V), dtype=bool)
+    for u, v in edges:
+        adj[:, u, v] = True
+    start, goal = np.zeros(B, dtype=np.int64), np.full(B, 5)
+    dist, count = bfs(adj, start)
+    assert dist[0].tolist() == [0, 1, 1, 2, 2, 3, 1, 2, 3] and count[0, 5] == 3
+    path = sample_shortest_paths(np.random.default_rng(0), adj, dist, count, goal, dist[:, 5], 5)
+    assert (path[:, 0] == 0).all() and (path[:, 3] == 5).all()
+    kinds = path[:, 1] * 10 + path[:, 2]
+    freq = {k: float(np.mean(kinds == k)) for k in (13, 23, 24)}
+    assert np.isin(kinds, [13, 23, 24]).all()
+    assert all(abs(f - 1 / 3) < 0.03 for f in freq.values()), freq
+
+
+def test_sampled_graphs_break_ties_both_ways():
+    # On sampled graphs with several shortest paths, the answer is the lexicographically first one about as
+    # often as uniform choice predicts (sum of 1/count), so ties go both ways and no fixed order is used.
+    task = DagSearch(distribution="naive")
+    prefix, target = task.sample(np.random.default_rng(21), 3000)
+    hits, expected, tied = 0, 0.0, 0
+    for edges, s, g, answer in graphs(task, prefix, target):
+        paths = all_shortest_paths(edges, s, g)
+        assert answer in paths
+        if len(paths) > 1:
+            tied += 1
+            hits += answer == min(paths)
+            expected += 1 / len(paths)
+    assert tied > 100
+    assert 0 < hits < tied
+    assert abs(hits - expected) < 4 * np.sqrt(expected), (hits, expected, tied)
+
+
+# --- distribution shape ---------------------------------------------------------------------------------
+def test_star_goal_is_a_spoke_end():
+    task = DagSearch(distribution="star")
+    prefix, target = task.sample(np.random.default_rng(8), 400)
+    lengths = []
+    for edges, s, g, answer in graphs(task, prefix, target):
+        out = {}
+        indeg = {}
+        for u, v in edges:
+            out[u] = out.get(u, 0) + 1
+            indeg[v] = indeg.get(v, 0) + 1
+        assert out[s] >= 2 and s not in indeg  # the centre, with two or more spokes
+        assert g not in out  # a spoke end
+        assert all(indeg[x] == 1 for x in indeg) and all(out[x] == 1 for x in out if x != s)  # chains
+        spoke = len(answer) - 1
+        assert len(edges) % spoke == 0 and len(edges) // spoke == out[s]  # all spokes as long as the goal's
+        lengths.append(len(answer))
+    counts = np.bincount(lengths, minlength=task.max_lookahead + 2)
+    assert counts[:2].sum() == 0 and (counts[2:] > 20).all()  # spoke lengths 1..L all occur
+
+
+@pytest.mark.parametrize("distribution", ["balanced", "star"])
+def test_edge_order_does_not_give_the_first_step_away(distribution):
+    # Edges are shuffled one by one: the answer's first edge is first (or last) among the start's edges only
+    # as often as chance says. (The reference's Python generators write edges per source vertex in creation
+    # order, which puts the goal branch first.)
+    task = DagSearch(distribution=distribution)
+    prefix, target = task.sample(np.random.default_rng(13), 1500)
+    first = last = 0
+    expected = 0.0
+    for edges, s, g, answer in graphs(task, prefix, target):
+        own = [v for u, v in edges if u == s]  # the start's edges in list order
+        first += own[0] == answer[1]
+        last += own[-1] == answer[1]
+        expected += 1 / len(own)
+    for hits in (first, last):
+        assert abs(hits - expected) < 4 * np.sqrt(expected), (hits, expected)
+
+
+def test_balanced_answer_lengths_spread_and_skeleton():
+    task = DagSearch(distribution="balanced")
+    prefix, target = task.sample(np.random.default_rng(9), 2000)
+    lengths = task.answer_lengths(target)
+    share = np.bincount(lengths, minlength=task.max_path_len + 1) / len(lengths)
+    assert (share[2 : task.max_lookahead + 2] > 0.1).all() and share[task.max_lookahead + 2 :].sum() == 0
+    # The construction in vertex indices: start 0, goal l, the goal chain 0 -> 1 -> ... -> l, two or more
+    # branches out of the start, l uniform over 1..L.
+    adj, start, goal = task._balanced(np.random.default_rng(1), 2000)
+    assert (start == 0).all() and set(goal.tolist()) == set(range(1, task.max_lookahead + 1))
+    assert np.abs(np.bincount(goal)[1:] / 2000 - 1 / task.max_lookahead).max() < 0.04
+    rows = np.arange(2000)
+    for i in range(1, task.max_lookahead + 1):
+        on = goal >= i
+        assert adj[rows[on], i - 1, i].all()
+    assert (adj[:, 0, :].sum(1) >= 2).all()
+    dist, _ = bfs(adj, start)
+    assert (dist[rows, goal] <= goal).all() and (dist[rows, goal] >= 1).all()
+    assert (dist[rows, goal] < goal).any()  # noise shortcuts exist (no lookahead-equality filter)
+
+
+def test_naive_graph_sizes_spread():
+    task = DagSearch(distribution="naive")
+    prefix, target = task.sample(np.random.default_rng(4), 500)
+    sizes = [len({x for e in edges for x in e}) for edges, *_ in graphs(task, prefix, target)]
+    assert min(sizes) == 3 and max(sizes) >= 15  # n ~ U{3..max_vertices}, large n trimmed by max_edges
+    assert len(set(sizes)) >= 12
+
+
+# --- options -----------------------------------------------------------------------------------------------
+def test_max_edges_field_overrides_the_property_and_describe():
+    task = DagSearch(max_edges=30, max_path_len=6)
+    assert task.max_edges == 30 and task.prefix_len == 93 and task.target_len == 7 and task.variable
+    assert DagSearch().describe() == "DagSearch(balanced, V<=20, E<=24, L=4, N=50)"
+    assert DagSearch.any_shortest_path is True
+
+
+@pytest.mark.parametrize(
+    "options,word",
+    [
+        ({"distribution": "dfs"}, "distribution"),
+        ({"max_vertices": 2}, "max_vertices"),
+        ({"max_vertices": 60}, "num_nodes"),
+        ({"max_edges": 1}, "max_edges"),
+        ({"max_path_len": 1}, "max_path_len"),
+        ({"max_lookahead": 0}, "max_lookahead"),
+        ({"max_lookahead": 10}, "max_vertices"),
+        ({"max_edges": 8}, "max_edges"),
+        ({"max_path_len": 4}, "max_path_len"),
+        ({"distribution": "star", "max_lookahead": 5, "max_edges": 9}, "max_edges"),
+    ],
+)
+def test_bad_options_raise_one_clear_line(options, word):
+    with pytest.raises(InfeasibleGraphError, match=word) as err:
+        DagSearch(**options)
+    assert "\n" not in str(err.value)
+
+
+def test_hopeless_rejection_gives_up_naming_the_option():
+    # naive graphs have n - 1 >= 2 edges with n ~ U{3..60}: almost none fit two edge slots.
+    task = DagSearch(distribution="naive", num_nodes=60, max_vertices=60, max_edges=2)
+    with pytest.raises(InfeasibleGraphError, match="raise max_edges"):
+        task.sample(np.random.default_rng(0), 50)
