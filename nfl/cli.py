@@ -24,7 +24,7 @@ from nfl.config_checks import check_run_config, check_writable, check_yaml_synta
 from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
-from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
+from nfl.quiet import silence_dependency_noise, silence_evaluation_noise, silence_resume_noise
 from nfl.runs import checkpoint_file, refuse_contradictions, settle_log_folder
 from nfl.signals import StopOnSignal
 from nfl.system import GraphSystem
@@ -85,6 +85,10 @@ class NFLCLI(LightningCLI):
         silence_evaluation_noise()
 
     before_test = before_predict = before_validate
+
+    def before_fit(self) -> None:
+        if self.config.fit.get("ckpt_path"):
+            silence_resume_noise()
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

@@ -50,6 +50,16 @@ def silence_dependency_noise() -> None:
         warnings.filterwarnings("ignore", category=JsonargparseDeprecationWarning)
 
 
+# A fit resumed from a checkpoint continues its own run folder, which of course already holds checkpoints.
+_RESUME_WARNINGS = (r"Checkpoint directory .* exists and is not empty",)
+
+
+def silence_resume_noise() -> None:
+    """Filters for ``fit --ckpt_path``, which writes into the folder it resumes from."""
+    for message in _RESUME_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
 def silence_evaluation_noise() -> None:
     """Filters for evaluating a saved checkpoint (not for ``fit``, where a changed folder may matter)."""
     for message in _EVALUATION_WARNINGS:

@@ -7,12 +7,16 @@ import warnings
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
 from tests.conftest import version_dir
 
-NOISE = ("💡 Tip", "LeafSpec", "weights_only", "The dirpath has changed", "is an instance of `nn.Module`")
+NOISE = (
+    "💡 Tip", "LeafSpec", "weights_only", "The dirpath has changed", "is an instance of `nn.Module`",
+    "exists and is not empty",
+)
 
 
 def test_fit_then_test_from_a_checkpoint_print_no_dependency_noise(run_cli, tiny_config, tmp_path, capfd, recwarn):
     run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "4")
     last = version_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "6", "--ckpt_path", str(last))  # resumes in place
     run_cli("test", "--config", str(tiny_config), "--ckpt_path", str(last))
     printed = capfd.readouterr()
     text = printed.out + printed.err + "\n".join(str(w.message) for w in recwarn)
