@@ -320,33 +320,11 @@ class PathStarDataModule(TaskDataModule):
         degree: number of arms ``d``.
         path_len: nodes on the answer path ``l`` (start and goal included).
         num_nodes: label range ``N``; the vocabulary is ``N + 4``.
-        reverse, batch_size, eval_batch_size, n_train, n_test, n_val, n_train_eval, seed, test_seed,
-        exclude_test, train_file, test_file, num_workers: as for :class:`TaskDataModule`; the files are in the
-        reference code's format.
+        kwargs: every other option of :class:`TaskDataModule` (``reverse``, ``batch_size``, ``n_train``, ...);
+            ``train_file`` and ``test_file`` are in the reference code's format.
     """
 
-    def __init__(
-        self,
-        degree: int = 2,
-        path_len: int = 5,
-        num_nodes: int = 50,
-        reverse: bool = False,
-        batch_size: int = 256,
-        eval_batch_size: Optional[int] = None,
-        n_train: Optional[int] = None,
-        n_test: int = 20000,
-        n_val: Optional[int] = None,
-        n_train_eval: int = 0,
-        seed: int = 0,
-        test_seed: int = 1,
-        exclude_test: bool = True,
-        train_file: Optional[str] = None,
-        test_file: Optional[str] = None,
-        num_workers: int = 0,
-    ) -> None:
+    def __init__(self, degree: int = 2, path_len: int = 5, num_nodes: int = 50, **kwargs: Any) -> None:
         at_least(type(self), "degree", degree, 1)
         at_least(type(self), "path_len", path_len, 2, "start and goal are distinct nodes")
-        super().__init__(
-            PathStar(degree, path_len, num_nodes), reverse, batch_size, eval_batch_size, n_train, n_test, n_val,
-            n_train_eval, seed, test_seed, exclude_test, train_file, test_file, num_workers,
-        )
+        super().__init__(task=PathStar(degree, path_len, num_nodes), **kwargs)
