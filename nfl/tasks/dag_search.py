@@ -159,6 +159,8 @@ class DagSearch(GraphTask):
     # --- sampling -----------------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` graphs; returns ``(prefix, target)`` with forward shortest paths."""
+        if self.distribution == "star":
+            return self._sample_star(rng, n)
         pieces: list[tuple[np.ndarray, ...]] = []
         filled, drawn = 0, 0
         rejected = {"edges": 0, "path": 0, "unreachable": 0}
@@ -176,6 +178,52 @@ class DagSearch(GraphTask):
                 filled += len(out[0])
         parents, children, start, goal, paths, lengths = (np.concatenate(x)[:n] for x in zip(*pieces))
         return self.encode_prefix(parents, children, start, goal), self.encode_answers(paths, lengths)
+
+    def _sample_star(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Star graphs, built directly in labels. Every pair in the list fits ``max_edges`` and
+        ``max_path_len`` and every goal is reachable, so nothing is rejected; and the shortest path (the only
+        path) is known from the construction: the start, then the chosen spoke's vertices. So no search and
+        no trace-back: the same law as :meth:`_draw` with :meth:`_star_edges`, at a fraction of the work."""
+        V, E, P = self.max_vertices, self.max_edges, self.max_path_len
+        pairs = self._star_pairs()
+        s_len, count = pairs[rng.integers(0, len(pairs), size=n)].T
+        spoke = (rng.random(n) * count).astype(np.int64)
+        dtype = label_dtype(self.num_nodes)
+        labels = np.empty((n, V + 1), dtype=dtype)  # column V: the dummy, pad
+        labels[:, :V] = random_injection(rng, n, self.num_nodes, V, dtype)
+        labels[:, V] = self.pad
+        # Edges are named by their head v = 1 + j*s_len + t (node t of spoke j); its tail is the start for
+        # t = 0, else v - 1. The heads go to the last slots (unused slots first, head V), then a uniform order.
+        used = E - count * s_len
+        slot = np.arange(E)[None, :] - used[:, None]  # 0.. for the present edges
+        head = np.where(slot >= 0, slot + 1, V).astype(np.int8 if V < 127 else np.int64)
+        shuffle_suffix(rng, head, used)
+        L = self.max_lookahead
+        v = np.arange(V + 1)
+        tails = np.where((v[None, :] - 1) % np.arange(1, L + 1)[:, None] == 0, 0, v[None, :] - 1)
+        tails[:, V] = V  # tails[s - 1, v]: the tail of head v with spokes of s_len = s
+        rows = np.arange(n)
+        flat = labels.reshape(-1)
+        base = (rows * (V + 1))[:, None]
+        parents = flat[base + tails[s_len[:, None] - 1, head]]
+        children = flat[base + head]
+        t = np.arange(P)[None, :]
+        path = np.where((t >= 1) & (t <= s_len[:, None]), (spoke * s_len)[:, None] + t, 0)
+        nodes = flat[base + path]
+        start, goal = labels[:, 0], nodes[rows, s_len]
+        return self.encode_prefix(parents, children, start, goal), self.encode_answers(nodes, s_len + 1)
+
+    def _star_pairs(self) -> np.ndarray:
+        """The allowed (spoke length, spokes) pairs; see the module docstring."""
+        V = self.max_vertices
+        return np.array(
+            [
+                (s, c)
+                for s in range(1, self.max_lookahead + 1)
+                for c in range(2, (V - 1) // s + 1)
+                if s * c <= self.max_edges and s + 1 <= self.max_path_len
+            ]
+        )
 
     def _give_up(self, drawn: int, filled: int, rejected: dict[str, int]) -> None:
         worst = max(rejected, key=rejected.get)
@@ -269,14 +317,7 @@ class DagSearch(GraphTask):
 
     def _star_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         V = self.max_vertices
-        pairs = np.array(
-            [
-                (s, c)
-                for s in range(1, self.max_lookahead + 1)
-                for c in range(2, (V - 1) // s + 1)
-                if s * c <= self.max_edges and s + 1 <= self.max_path_len
-            ]
-        )
+        pairs = self._star_pairs()
         s_len, count = pairs[rng.integers(0, len(pairs), size=m)].T
         v = np.arange(1, V)[None, :]  # vertex 1 + j*s_len + t is node t of spoke j
         t = (v - 1) % s_len[:, None]
