@@ -277,13 +277,17 @@ class DagSearch(GraphTask):
         labels[:, :V] = random_injection(rng, k, self.num_nodes, V, labels.dtype)
         labels[:, V] = self.pad
         # The edges to the last slots (unused slots first), then a uniform order of them.
+        # Codes src * (V + 1) + dst in the smallest dtype that holds them (the shuffle moves them a column at
+        # a time); every slot scatters at once, absent edges into a spare last column that is then dropped.
         present = src < V
         count_e = present.sum(1)
-        code = np.full((k, E), V * (V + 1) + V, dtype=np.int64)  # src * (V + 1) + dst; the dummy edge
+        code_dtype = np.int16 if V * (V + 1) + V < 2**15 else np.int64
+        code = np.full((k, E + 1), V * (V + 1) + V, dtype=code_dtype)  # the dummy edge
         if k:
-            slot = (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1
-            rows = np.broadcast_to(np.arange(k)[:, None], present.shape)
-            code[rows[present], slot[present]] = (src * (V + 1) + dst)[present]
+            slot = np.where(present, (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1, E)
+            slot += (np.arange(k) * (E + 1))[:, None]
+            code.reshape(-1)[slot.reshape(-1)] = (src * (V + 1) + dst).reshape(-1)
+        code = np.ascontiguousarray(code[:, :E])
         shuffle_suffix(rng, code, E - count_e)
         rk = np.arange(k)
         parents = np.take_along_axis(labels, code // (V + 1), axis=1)
@@ -634,23 +638,23 @@ def _topo_search(src: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
     instead of a pass over every edge slot per BFS layer. Same outputs as :func:`_edge_bfs`."""
     B = len(src)
     rows = np.arange(B)
-    dist = np.full((V + 1, B), -1, dtype=np.int64)  # (vertex, row): each vertex's column contiguous
+    # (vertex, row), each vertex's row contiguous; unreachable (and the dummy V) at distance V during the
+    # pass, so the nearest parent is a plain minimum, and with count 0, so an unreachable vertex sums to 0.
+    dist = np.full((V + 1, B), V, dtype=np.int64)
     count = np.zeros((V + 1, B))
     dist[start, rows] = 0
     count[start, rows] = 1.0
-    dist[V] = V  # the dummy parent: farther than any vertex, so never the nearest
     flat_d, flat_c = dist.reshape(-1), count.reshape(-1)
     top = int(goal.max()) if B else 0
     idx = src.reshape(B, V, 3)[:, : top + 1].transpose(1, 2, 0) * B + rows  # (vertex, parent, row) flat
     for i in range(1, top + 1):
-        d0, d1, d2 = (np.where(d < 0, V, d) for d in flat_d[idx[i]])  # unreachable parents: far too
+        d0, d1, d2 = flat_d[idx[i]]
         low = np.minimum(np.minimum(d0, d1), d2)
         c0, c1, c2 = flat_c[idx[i]]
-        c = np.where(d0 == low, c0, 0.0) + np.where(d1 == low, c1, 0.0) + np.where(d2 == low, c2, 0.0)
-        new = (low < V) & (dist[i] < 0)  # the start keeps distance 0
-        dist[i] = np.where(new, low + 1, dist[i])
-        count[i] = np.where(new, c, count[i])
-    dist[V] = -1
+        # The start's parents all precede it and are unreachable: it keeps distance 0 and count 1 + 0.
+        count[i] += (d0 == low) * c0 + (d1 == low) * c1 + (d2 == low) * c2
+        np.minimum(dist[i], low + 1, out=dist[i])  # V + 1 -> stays V where no parent is reachable
+    dist[dist >= V] = -1
     return dist[goal, rows], np.ascontiguousarray(dist.T), np.ascontiguousarray(count.T)
 
 
