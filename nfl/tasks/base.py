@@ -160,13 +160,18 @@ class GraphTask:
             raise ValueError(f"{e} edge slots for a task with {self.max_edges}")
         prefix = np.empty((n, self.prefix_len), dtype=np.int64)
         c, q = self._edge_col, self._query_col
-        prefix[:, c : c + 3 * e : 3] = parents
-        prefix[:, c + 1 : c + 3 * e : 3] = children
-        seps = prefix[:, c + 2 : c + 3 * e : 3]
-        seps[:] = self.pipe
+        # The edge slots as (n, e, 3) filled in one pass from a small-dtype staging array: a strided int64
+        # write per column costs several times more than this copy.
+        small = np.result_type(parents.dtype, children.dtype, np.min_scalar_type(self.vocab_size))
+        slots = np.empty((n, e, 3), dtype=small)
+        slots[:, :, 0] = parents
+        slots[:, :, 1] = children
         if self.variable:
-            seps[parents == self.pad] = self.pad
-        seps[:, -1] = self.eq if self.query_first else self.slash
+            np.copyto(slots[:, :, 2], np.where(parents == self.pad, self.pad, self.pipe).astype(small, copy=False))
+        else:
+            slots[:, :, 2] = self.pipe
+        slots[:, -1, 2] = self.eq if self.query_first else self.slash
+        prefix[:, c : c + 3 * e] = slots.reshape(n, 3 * e)
         prefix[:, q], prefix[:, q + 1] = start, goal
         if self.query_first:
             prefix[:, 2] = self.slash
@@ -180,11 +185,11 @@ class GraphTask:
         ``max_path_len``): the nodes, ``end`` where answers vary, then IGNORE_INDEX."""
         n = len(paths)
         lengths = np.full(n, self.max_path_len) if lengths is None else lengths
-        target = np.full((n, self.target_len), IGNORE_INDEX, dtype=np.int64)
-        cols = np.arange(self.target_len)
         width = min(paths.shape[1], self.target_len)
-        inside = cols[None, :width] < lengths[:, None]
-        target[:, :width][inside] = paths[:, :width][inside]
+        target = np.empty((n, self.target_len), dtype=np.int64)
+        target[:, width:] = IGNORE_INDEX
+        inside = np.arange(width)[None, :] < lengths[:, None]
+        np.copyto(target[:, :width], np.where(inside, paths[:, :width], np.int64(IGNORE_INDEX)))
         if self.variable:
             target[np.arange(n), lengths] = self.end
         return target

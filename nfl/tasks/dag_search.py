@@ -159,23 +159,77 @@ class DagSearch(GraphTask):
     # --- sampling -----------------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` graphs; returns ``(prefix, target)`` with forward shortest paths."""
+        if self.distribution == "star":
+            return self._sample_star(rng, n)
         pieces: list[tuple[np.ndarray, ...]] = []
-        filled, drawn = 0, 0
+        filled, drawn, counted = 0, 0, 0
         rejected = {"edges": 0, "path": 0, "unreachable": 0}
         budget = 100 * n + 4096
         chunk = max(256, _CELLS // self.max_vertices**2)
+        # Naive candidates come with their query already ordered (see _naive_edges); each stands for two of
+        # the reference's (ordered queries, half with the goal first, never reachable), and the give-up rule
+        # counts them so, so that it fires where it always did.
+        weight = 2 if self.distribution == "naive" else 1
         while filled < n:
-            if drawn >= budget or (drawn >= 4096 and 100 * filled < drawn):  # under 1% accepted: hopeless
-                self._give_up(drawn, filled, rejected)
+            if counted >= budget or (counted >= 4096 and 100 * filled < counted):  # under 1% accepted: hopeless
+                self._give_up(counted, filled, rejected)
             rate = (filled + 1) / (drawn + 1) if drawn else 0.5
             m = int(min(chunk, max(64, np.ceil((n - filled) / max(rate, 0.01) * 1.1))))
             out = self._draw(rng, m, rejected)
             drawn += m
+            counted += weight * m
+            rejected["unreachable"] += (weight - 1) * m
             if len(out[0]):
                 pieces.append(out)
                 filled += len(out[0])
         parents, children, start, goal, paths, lengths = (np.concatenate(x)[:n] for x in zip(*pieces))
         return self.encode_prefix(parents, children, start, goal), self.encode_answers(paths, lengths)
+
+    def _sample_star(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Star graphs, built directly in labels. Every pair in the list fits ``max_edges`` and
+        ``max_path_len`` and every goal is reachable, so nothing is rejected; and the shortest path (the only
+        path) is known from the construction: the start, then the chosen spoke's vertices. So no search and
+        no trace-back: the same law as :meth:`_draw` with :meth:`_star_edges`, at a fraction of the work."""
+        V, E, P = self.max_vertices, self.max_edges, self.max_path_len
+        pairs = self._star_pairs()
+        s_len, count = pairs[rng.integers(0, len(pairs), size=n)].T
+        spoke = (rng.random(n) * count).astype(np.int64)
+        dtype = label_dtype(self.num_nodes)
+        labels = np.empty((n, V + 1), dtype=dtype)  # column V: the dummy, pad
+        labels[:, :V] = random_injection(rng, n, self.num_nodes, V, dtype)
+        labels[:, V] = self.pad
+        # Edges are named by their head v = 1 + j*s_len + t (node t of spoke j); its tail is the start for
+        # t = 0, else v - 1. The heads go to the last slots (unused slots first, head V), then a uniform order.
+        used = E - count * s_len
+        slot = np.arange(E)[None, :] - used[:, None]  # 0.. for the present edges
+        head = np.where(slot >= 0, slot + 1, V).astype(np.int8 if V < 127 else np.int64)
+        shuffle_suffix(rng, head, used)
+        L = self.max_lookahead
+        v = np.arange(V + 1)
+        tails = np.where((v[None, :] - 1) % np.arange(1, L + 1)[:, None] == 0, 0, v[None, :] - 1)
+        tails[:, V] = V  # tails[s - 1, v]: the tail of head v with spokes of s_len = s
+        rows = np.arange(n)
+        flat = labels.reshape(-1)
+        base = (rows * (V + 1))[:, None]
+        parents = flat[base + tails[s_len[:, None] - 1, head]]
+        children = flat[base + head]
+        t = np.arange(P)[None, :]
+        path = np.where((t >= 1) & (t <= s_len[:, None]), (spoke * s_len)[:, None] + t, 0)
+        nodes = flat[base + path]
+        start, goal = labels[:, 0], nodes[rows, s_len]
+        return self.encode_prefix(parents, children, start, goal), self.encode_answers(nodes, s_len + 1)
+
+    def _star_pairs(self) -> np.ndarray:
+        """The allowed (spoke length, spokes) pairs; see the module docstring."""
+        V = self.max_vertices
+        return np.array(
+            [
+                (s, c)
+                for s in range(1, self.max_lookahead + 1)
+                for c in range(2, (V - 1) // s + 1)
+                if s * c <= self.max_edges and s + 1 <= self.max_path_len
+            ]
+        )
 
     def _give_up(self, drawn: int, filled: int, rejected: dict[str, int]) -> None:
         worst = max(rejected, key=rejected.get)
@@ -197,12 +251,15 @@ class DagSearch(GraphTask):
         build = {"naive": self._naive_edges, "balanced": self._balanced_edges, "star": self._star_edges}[self.distribution]
         src, dst, start, goal = build(rng, m, rejected)
         k = len(src)
-        edges = (src < V).sum(1)
-        fits = edges <= E
-        rejected["edges"] += int(k - fits.sum())
-        if not fits.all():
-            src, dst, start, goal = src[fits], dst[fits], start[fits], goal[fits]
-        depth, dist, count = _edge_bfs(src, dst, start, goal, V)
+        if self.distribution == "naive":  # fits max_edges already; parents in slots 3i..3i+2 of vertex i
+            depth, dist, count = _topo_search(src, start, goal, V)
+        else:
+            edges = (src < V).sum(1)
+            fits = edges <= E
+            rejected["edges"] += int(k - fits.sum())
+            if not fits.all():
+                src, dst, start, goal = src[fits], dst[fits], start[fits], goal[fits]
+            depth, dist, count = _edge_bfs(src, dst, start, goal, V)
         reach = depth >= 1
         short = reach & (depth + 1 <= P)
         rejected["path"] += int((reach & ~short).sum())
@@ -211,19 +268,26 @@ class DagSearch(GraphTask):
             src, dst, start, goal = src[short], dst[short], start[short], goal[short]
             dist, count, depth = dist[short], count[short], depth[short]
         k = len(src)
-        path = _backtrack(rng, src, dst, dist, count, goal, depth, P, V)
+        if self.distribution == "naive":
+            path = _topo_backtrack(rng, src, dist, count, goal, depth, P, V)
+        else:
+            path = _backtrack(rng, src, dst, dist, count, goal, depth, P, V)
 
         labels = np.empty((k, V + 1), dtype=label_dtype(self.num_nodes))  # column V: the dummy, pad
         labels[:, :V] = random_injection(rng, k, self.num_nodes, V, labels.dtype)
         labels[:, V] = self.pad
         # The edges to the last slots (unused slots first), then a uniform order of them.
+        # Codes src * (V + 1) + dst in the smallest dtype that holds them (the shuffle moves them a column at
+        # a time); every slot scatters at once, absent edges into a spare last column that is then dropped.
         present = src < V
         count_e = present.sum(1)
-        code = np.full((k, E), V * (V + 1) + V, dtype=np.int64)  # src * (V + 1) + dst; the dummy edge
+        code_dtype = np.int16 if V * (V + 1) + V < 2**15 else np.int64
+        code = np.full((k, E + 1), V * (V + 1) + V, dtype=code_dtype)  # the dummy edge
         if k:
-            slot = (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1
-            rows = np.broadcast_to(np.arange(k)[:, None], present.shape)
-            code[rows[present], slot[present]] = (src * (V + 1) + dst)[present]
+            slot = np.where(present, (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1, E)
+            slot += (np.arange(k) * (E + 1))[:, None]
+            code.reshape(-1)[slot.reshape(-1)] = (src * (V + 1) + dst).reshape(-1)
+        code = np.ascontiguousarray(code[:, :E])
         shuffle_suffix(rng, code, E - count_e)
         rk = np.arange(k)
         parents = np.take_along_axis(labels, code // (V + 1), axis=1)
@@ -241,15 +305,20 @@ class DagSearch(GraphTask):
         V, E = self.max_vertices, self.max_edges
         n = rng.integers(3, V + 1, size=m)
         i = np.arange(V)
-        k = np.where(rng.random((m, V)) < 0.5, 1, rng.integers(1, 4, size=(m, V)))
+        # k = 1 with probability 1/2 + 1/6, else 2 or 3 with 1/6 each: one uniform per vertex.
+        u = rng.random((m, V))
+        k = 1 + (u >= 2 / 3).astype(np.int64) + (u >= 5 / 6)
         k = np.where(i[None, :] < n[:, None], np.minimum(k, i[None, :]), 0)  # parents of vertex i (vertex 0: none)
-        start = (rng.random(m) * n).astype(np.int64)
-        goal = (rng.random(m) * (n - 1)).astype(np.int64)
-        goal += goal >= start
-        fits = k.sum(1) <= E
-        keep = fits & (start < goal)  # parents come first in the vertex order: a later start cannot reach
-        rejected["edges"] += int((~fits).sum())
-        rejected["unreachable"] += int((fits & ~keep).sum())
+        # The query: a uniform pair of distinct vertices, the earlier one the start. Parents come first in the
+        # vertex order, so a goal before the start is never reachable; the reference's uniform ordered pair,
+        # with those rejected, has the same law as this (each pair s < g has probability 2 / (n (n - 1))
+        # instead of 1 / (n (n - 1)), a factor that does not depend on the graph), with no draw wasted on them.
+        a = (rng.random(m) * n).astype(np.int64)
+        b = (rng.random(m) * (n - 1)).astype(np.int64)
+        b += b >= a
+        start, goal = np.minimum(a, b), np.maximum(a, b)
+        keep = k.sum(1) <= E
+        rejected["edges"] += int((~keep).sum())
         k, start, goal = k[keep], start[keep], goal[keep]
         b = len(k)
         # Up to three distinct parents of each vertex, uniform without replacement from 0..i-1.
@@ -269,14 +338,7 @@ class DagSearch(GraphTask):
 
     def _star_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         V = self.max_vertices
-        pairs = np.array(
-            [
-                (s, c)
-                for s in range(1, self.max_lookahead + 1)
-                for c in range(2, (V - 1) // s + 1)
-                if s * c <= self.max_edges and s + 1 <= self.max_path_len
-            ]
-        )
+        pairs = self._star_pairs()
         s_len, count = pairs[rng.integers(0, len(pairs), size=m)].T
         v = np.arange(1, V)[None, :]  # vertex 1 + j*s_len + t is node t of spoke j
         t = (v - 1) % s_len[:, None]
@@ -566,6 +628,63 @@ def _backtrack(
         r = rng.random(B) * cum[:, -1]
         pick = np.minimum((cum <= r[:, None]).sum(axis=1), src.shape[1] - 1)
         path[:, t] = np.where(active, src[rows, pick], path[:, t])
+    return path
+
+
+def _topo_search(src: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
+    """:func:`_edge_bfs` for graphs whose vertices are in topological order with the (at most three) parents
+    of vertex ``i`` in slots ``3i..3i+2`` of ``src`` (naive graphs): distances and shortest-path counts by one
+    pass over the vertices in order (a vertex's parents are all settled before it), three gathers a vertex,
+    instead of a pass over every edge slot per BFS layer. Same outputs as :func:`_edge_bfs`."""
+    B = len(src)
+    rows = np.arange(B)
+    # (vertex, row), each vertex's row contiguous; unreachable (and the dummy V) at distance V during the
+    # pass, so the nearest parent is a plain minimum, and with count 0, so an unreachable vertex sums to 0.
+    dist = np.full((V + 1, B), V, dtype=np.int64)
+    count = np.zeros((V + 1, B))
+    dist[start, rows] = 0
+    count[start, rows] = 1.0
+    flat_d, flat_c = dist.reshape(-1), count.reshape(-1)
+    top = int(goal.max()) if B else 0
+    idx = src.reshape(B, V, 3)[:, : top + 1].transpose(1, 2, 0) * B + rows  # (vertex, parent, row) flat
+    for i in range(1, top + 1):
+        d0, d1, d2 = flat_d[idx[i]]
+        low = np.minimum(np.minimum(d0, d1), d2)
+        c0, c1, c2 = flat_c[idx[i]]
+        # The start's parents all precede it and are unreachable: it keeps distance 0 and count 1 + 0.
+        count[i] += (d0 == low) * c0 + (d1 == low) * c1 + (d2 == low) * c2
+        np.minimum(dist[i], low + 1, out=dist[i])  # V + 1 -> stays V where no parent is reachable
+    dist[dist >= V] = -1
+    return dist[goal, rows], np.ascontiguousarray(dist.T), np.ascontiguousarray(count.T)
+
+
+def _topo_backtrack(
+    rng: np.random.Generator, src: np.ndarray, dist: np.ndarray, count: np.ndarray, goal: np.ndarray,
+    depth: np.ndarray, width: int, V: int,
+) -> np.ndarray:
+    """:func:`_backtrack` for the layout of :func:`_topo_search`: the edges into the current vertex are its
+    three parent slots, so each step back weighs three candidates instead of every edge slot (the same
+    law: a parent at distance ``t`` with probability proportional to its shortest-path count)."""
+    B = len(src)
+    rows = np.arange(B)
+    path = np.zeros((B, width), dtype=np.int64)
+    path[rows, depth] = goal
+    if not B:
+        return path
+    par = src.reshape(B, V, 3)
+    W = V + 1
+    flat_d, flat_c = dist.reshape(-1), count.reshape(-1)
+    for t in range(int(depth.max()) - 1, -1, -1):
+        active = t < depth
+        cur = path[:, t + 1]
+        p = par[rows, cur]  # (B, 3); the dummy V where absent
+        fi = p + (rows * W)[:, None]
+        w = np.where(flat_d[fi] == t, flat_c[fi], 0.0)
+        c0 = w[:, 0]
+        c1 = c0 + w[:, 1]
+        r = rng.random(B) * (c1 + w[:, 2])
+        pick = np.minimum((c0 <= r).astype(np.int64) + (c1 <= r), 2)
+        path[:, t] = np.where(active, p[rows, pick], path[:, t])
     return path
 
 

@@ -23,6 +23,7 @@ Everything is vectorised numpy with an explicit ``numpy.random.Generator``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -134,12 +135,20 @@ class PathStar(GraphTask):
             return self._sample_reference(rng, n)
         d, a = self.degree, self.path_len - 1  # arms, and the most non-start nodes on one
         e, rows = d * a, np.arange(n)
-        labels = random_injection(rng, n, self.num_nodes, 1 + e, label_dtype(self.num_nodes))
+        dtype = label_dtype(self.num_nodes)
+        labels = random_injection(rng, n, self.num_nodes, 1 + e, dtype)
         start = labels[:, 0]
-        child = labels[:, 1:]  # child[:, k*a + j]: node j+1 of arm k (j = 0 next to s); edge k*a+j ends there
-        parent = np.empty_like(child)
-        parent.reshape(n, d, a)[:, :, 0] = start[:, None]
-        parent.reshape(n, d, a)[:, :, 1:] = child.reshape(n, d, a)[:, :, :-1]
+        # child[:, k*a + j]: node j+1 of arm k (j = 0 next to s); edge k*a+j ends there. Column e: the pad of
+        # an unused slot (a slot table entry e reads it).
+        # pair[:, k, 0], pair[:, k, 1]: the tail and head of canonical edge k (byte pairs gathered at once).
+        fill = self.pad if self.variable else 0
+        pair = np.empty((n, e + 1, 2), dtype=dtype)
+        parent, child = pair[:, :, 0], pair[:, :, 1]
+        arms = pair[:, :e].reshape(n, d, a, 2)
+        arms[:, :, :, 1] = labels[:, 1:].reshape(n, d, a)
+        arms[:, :, 0, 0] = start[:, None]
+        arms[:, :, 1:, 0] = arms[:, :, :-1, 1]
+        pair[:, e] = fill
         if self.arm_lengths is None:
             lengths = np.full((n, d), a)
         else:
@@ -147,32 +156,31 @@ class PathStar(GraphTask):
             lengths = rng.integers(lo - 1, hi, size=(n, d))  # non-start nodes of each arm
         used = e - lengths.sum(1)  # unused slots, first in the edge list
 
-        # Slot of each canonical edge: present edges after the unused slots, arm by arm (in canonical or, with
-        # shuffle: arms, a uniform arm order), each arm from the start outwards; unused edges fill the front.
         if self.shuffle == "edges":
-            offset = np.cumsum(lengths, axis=1) - lengths
+            # The slots before the shuffle depend on the arm lengths alone: with few length combinations, one
+            # gather from a table of them (in bytes) replaces building them row by row.
+            lo, hi = self.arm_lengths if self.arm_lengths is not None else (a + 1, a + 1)
+            radix = hi - lo + 1
+            if radix**d <= 4096 and e < 127:
+                combo = np.zeros(n, dtype=np.int64)
+                for k in range(d - 1, -1, -1):
+                    combo = combo * radix + (lengths[:, k] - (lo - 1))
+                slot = _slot_table(d, a, lo, hi)[combo]
+            else:
+                slot = _slots(lengths, np.cumsum(lengths, axis=1) - lengths, used, a)
+            shuffle_suffix(rng, slot, used)  # a uniform order of the present edges
         else:
             order = random_permutation(rng, n, d)  # order[:, r]: the arm at position r
             ranked = np.take_along_axis(lengths, order, axis=1)
             offset = np.empty_like(lengths)
             np.put_along_axis(offset, order, np.cumsum(ranked, axis=1) - ranked, axis=1)
-        j = np.arange(a)[None, None, :]
-        present = j < lengths[:, :, None]  # (n, d, a)
-        gap = a - lengths
-        dest = np.where(
-            present,
-            (used[:, None] + offset)[:, :, None] + j,
-            (np.cumsum(gap, axis=1) - gap)[:, :, None] + j - lengths[:, :, None],
-        ).reshape(n, e)
-        slot = np.empty((n, e), dtype=np.int64)  # slot[:, t]: the canonical edge in list slot t
-        np.put_along_axis(slot, dest, np.broadcast_to(np.arange(e), (n, e)), axis=1)
-        if self.shuffle == "edges":
-            shuffle_suffix(rng, slot, used)  # a uniform order of the present edges
-        edge_p, edge_c = np.take_along_axis(parent, slot, 1), np.take_along_axis(child, slot, 1)
-        if self.variable:
-            unused = np.arange(e)[None, :] < used[:, None]
-            edge_p[unused] = self.pad
-            edge_c[unused] = self.pad
+            slot = _slots(lengths, offset, used, a)
+        if dtype == np.uint8:  # both ends in one gather: (parent, child) byte pairs read as uint16
+            edges = np.take_along_axis(pair.view(np.uint16).reshape(n, e + 1), slot, 1)
+            edges = edges.view(np.uint8).reshape(n, e, 2)
+            edge_p, edge_c = edges[:, :, 0], edges[:, :, 1]
+        else:
+            edge_p, edge_c = np.take_along_axis(parent, slot, 1), np.take_along_axis(child, slot, 1)
 
         goal_arm = rng.integers(0, d, size=n)
         arm_len = lengths[rows, goal_arm]  # non-start nodes on the goal's arm
@@ -182,7 +190,7 @@ class PathStar(GraphTask):
             depth = (rng.random(n) * arm_len).astype(np.int64) + 1  # uniform over 1..arm_len
         path = np.empty((n, a + 1), dtype=labels.dtype)
         path[:, 0] = start
-        path[:, 1:] = child.reshape(n, d, a)[rows, goal_arm]
+        path[:, 1:] = arms[rows, goal_arm, :, 1]
         goal = path[rows, depth]
         return self.encode_prefix(edge_p, edge_c, start, goal), self.encode_answers(path, depth + 1)
 
@@ -204,6 +212,38 @@ class PathStar(GraphTask):
         goal_arm = rng.integers(0, d, size=n)
         path = np.concatenate([start[:, None], arms[np.arange(n), goal_arm]], axis=1)  # (n, l)
         return self.encode_prefix(parents, children, start, path[:, -1]), path
+
+
+def _slots(lengths: np.ndarray, offset: np.ndarray, used: np.ndarray, a: int) -> np.ndarray:
+    """(n, e) int64: the canonical edge in each list slot: the present edges after the ``used`` unused
+    slots, arm ``k`` from ``offset[:, k]`` on, each arm from the start outwards; the unused slots hold ``e``
+    (the pad column)."""
+    n, d = lengths.shape
+    e = d * a
+    j = np.arange(a)[None, None, :]
+    present = j < lengths[:, :, None]  # (n, d, a)
+    gap = a - lengths
+    dest = np.where(
+        present,
+        (used[:, None] + offset)[:, :, None] + j,
+        (np.cumsum(gap, axis=1) - gap)[:, :, None] + j - lengths[:, :, None],
+    ).reshape(n, e)
+    slot = np.empty((n, e), dtype=np.int64)  # slot[:, t]: the canonical edge in list slot t
+    np.put_along_axis(slot, dest, np.where(present.reshape(n, e), np.arange(e), e), axis=1)
+    return slot
+
+
+@functools.lru_cache(maxsize=32)
+def _slot_table(d: int, a: int, lo: int, hi: int) -> np.ndarray:
+    """:func:`_slots` (arms in canonical order) for every combination of arm path lengths ``lo..hi``, as
+    int8, row ``sum_k (len_k - lo) * (hi - lo + 1)**k``."""
+    radix = hi - lo + 1
+    combos = np.arange(radix**d)
+    lengths = np.stack([(combos // radix**k) % radix + lo - 1 for k in range(d)], axis=1)
+    used = d * a - lengths.sum(1)
+    table = _slots(lengths, np.cumsum(lengths, axis=1) - lengths, used, a).astype(np.int8)
+    table.flags.writeable = False
+    return table
 
 
 # --- vectorised draws shared by the tasks -------------------------------------------------------------------
