@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nfl.tasks.base import IGNORE_INDEX, InfeasibleGraphError
-from nfl.tasks.dag_search import DagSearch, bfs, sample_shortest_paths
+from nfl.tasks.dag_search import DagSearch, edge_search, edge_trace_back, topo_search, topo_trace_back
 
 DISTRIBUTIONS = ["naive", "balanced", "star"]
 
@@ -136,20 +136,29 @@ def test_text_round_trip(distribution, query_first):
 
 
 # --- tie breaking ---------------------------------------------------------------------------------------
-def test_ties_are_uniform_over_shortest_paths():
-    # s=0 -> a=1, s -> b=2, a -> x=3, b -> x, b -> y=4, x -> g=5, y -> g, plus a longer route 0 -> 6 -> 7 -> 8 -> 5.
-    # Shortest paths 0-1-3-5, 0-2-3-5, 0-2-4-5: 1/3 each when uniform (a predecessor drawn uniformly at each
-    # backtracking step would give 1/4, 1/4, 1/2).
-    edges = [(0, 1), (0, 2), (1, 3), (2, 3), (2, 4), (3, 5), (4, 5), (0, 6), (6, 7), (7, 8), (8, 5)]
+@pytest.mark.parametrize("layout", ["edges", "topo"])
+def test_ties_are_uniform_over_shortest_paths(layout):
+    # s=0 -> a=1, s -> b=2, a -> x=3, b -> x, b -> y=4, x -> g=8, y -> g, plus a longer route 0 -> 5 -> 6 -> 7 -> 8.
+    # Shortest paths 0-1-3-8, 0-2-3-8, 0-2-4-8: 1/3 each when uniform (a predecessor drawn uniformly at each
+    # backtracking step would give 1/4, 1/4, 1/2). Vertices are in topological order, the parents of vertex i
+    # in slots 3i..3i+2 (the naive layout, which the edge-list search takes as any edge list).
+    edges = [(0, 1), (0, 2), (1, 3), (2, 3), (2, 4), (3, 8), (4, 8), (0, 5), (5, 6), (6, 7), (7, 8)]
     B, V = 6000, 9
-    adj = np.zeros((B, V, V), dtype=bool)
+    src, dst = np.full((B, 3 * V), V), np.full((B, 3 * V), V)
+    filled = [0] * V
     for u, v in edges:
-        adj[:, u, v] = True
-    start, goal = np.zeros(B, dtype=np.int64), np.full(B, 5)
-    dist, count = bfs(adj, start)
-    assert dist[0].tolist() == [0, 1, 1, 2, 2, 3, 1, 2, 3] and count[0, 5] == 3
-    path = sample_shortest_paths(np.random.default_rng(0), adj, dist, count, goal, dist[:, 5], 5)
-    assert (path[:, 0] == 0).all() and (path[:, 3] == 5).all()
+        src[:, 3 * v + filled[v]], dst[:, 3 * v + filled[v]] = u, v
+        filled[v] += 1
+    start, goal = np.zeros(B, dtype=np.int64), np.full(B, 8)
+    rng = np.random.default_rng(0)
+    if layout == "edges":
+        depth, dist, count = edge_search(src, dst, start, goal, V)
+        path = edge_trace_back(rng, src, dst, dist, count, goal, depth, 5)
+    else:
+        depth, dist, count = topo_search(src, start, goal, V)
+        path = topo_trace_back(rng, src, dist, count, goal, depth, 5, V)
+    assert (depth == 3).all() and dist[0, :V].tolist() == [0, 1, 1, 2, 2, 1, 2, 3, 3] and count[0, 8] == 3
+    assert (path[:, 0] == 0).all() and (path[:, 3] == 8).all() and (path[:, 4] == 0).all()
     kinds = path[:, 1] * 10 + path[:, 2]
     freq = {k: float(np.mean(kinds == k)) for k in (13, 23, 24)}
     assert np.isin(kinds, [13, 23, 24]).all()
@@ -220,18 +229,21 @@ def test_balanced_answer_lengths_spread_and_skeleton():
     share = np.bincount(lengths, minlength=task.max_path_len + 1) / len(lengths)
     assert (share[2 : task.max_lookahead + 2] > 0.1).all() and share[task.max_lookahead + 2 :].sum() == 0
     # The construction in vertex indices: start 0, goal l, the goal chain 0 -> 1 -> ... -> l, two or more
-    # branches out of the start, l uniform over 1..L.
-    adj, start, goal = task._balanced(np.random.default_rng(1), 2000)
+    # branches out of the start, l uniform over 1..L (before the graphs over max_edges are dropped).
+    m, rejected = 2000, {"edges": 0}
+    src, dst, start, goal = task._balanced_edges(np.random.default_rng(1), m, rejected)
+    k = len(src)
+    assert k + rejected["edges"] == m and k > 0.8 * m and ((src < task.max_vertices).sum(1) <= task.max_edges).all()
     assert (start == 0).all() and set(goal.tolist()) == set(range(1, task.max_lookahead + 1))
-    assert np.abs(np.bincount(goal)[1:] / 2000 - 1 / task.max_lookahead).max() < 0.04
-    rows = np.arange(2000)
+    assert np.abs(np.bincount(goal)[1:] / k - 1 / task.max_lookahead).max() < 0.05
+    codes = src * 100 + dst
     for i in range(1, task.max_lookahead + 1):
         on = goal >= i
-        assert adj[rows[on], i - 1, i].all()
-    assert (adj[:, 0, :].sum(1) >= 2).all()
-    dist, _ = bfs(adj, start)
-    assert (dist[rows, goal] <= goal).all() and (dist[rows, goal] >= 1).all()
-    assert (dist[rows, goal] < goal).any()  # noise shortcuts exist (no lookahead-equality filter)
+        assert (codes[on] == (i - 1) * 100 + i).any(axis=1).all()
+    assert ((src == 0).sum(1) >= 2).all()
+    depth, _, _ = edge_search(src, dst, start, goal, task.max_vertices)
+    assert (depth <= goal).all() and (depth >= 1).all()
+    assert (depth < goal).any()  # noise shortcuts exist (no lookahead-equality filter)
 
 
 def test_naive_graph_sizes_spread():
@@ -256,6 +268,7 @@ def test_max_edges_field_overrides_the_property_and_describe():
         ({"distribution": "dfs"}, "distribution"),
         ({"max_vertices": 2}, "max_vertices"),
         ({"max_vertices": 60}, "num_nodes"),
+        ({"max_vertices": 64, "num_nodes": 100}, "max_vertices"),
         ({"max_edges": 1}, "max_edges"),
         ({"max_path_len": 1}, "max_path_len"),
         ({"max_lookahead": 0}, "max_lookahead"),

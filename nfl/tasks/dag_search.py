@@ -77,7 +77,7 @@ import numpy as np
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
 from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
-_CELLS = 1 << 22  # chunk * V * V: candidate graphs built at once (bounds memory: a few (chunk, V, V) arrays)
+_CELLS = 1 << 22  # candidate graphs per round: at most _CELLS // V**2 (the round sizes set the random stream)
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,10 @@ class DagSearch(GraphTask):
             raise InfeasibleGraphError(f"distribution must be naive, balanced or star, got {d!r}.")
         if V < 3:
             raise InfeasibleGraphError(f"max_vertices must be >= 3 (the smallest graph has 3 vertices), got {V}.")
+        if V > 63:
+            raise InfeasibleGraphError(
+                f"max_vertices must be <= 63 (graphs are built with 64-bit vertex sets), got {V}; lower max_vertices."
+            )
         if self.num_nodes < V:
             raise InfeasibleGraphError(
                 f"num_nodes={self.num_nodes} is below max_vertices={V}: a graph needs a distinct label per "
@@ -189,7 +193,7 @@ class DagSearch(GraphTask):
         """Star graphs, built directly in labels. Every pair in the list fits ``max_edges`` and
         ``max_path_len`` and every goal is reachable, so nothing is rejected; and the shortest path (the only
         path) is known from the construction: the start, then the chosen spoke's vertices. So no search and
-        no trace-back: the same law as :meth:`_draw` with :meth:`_star_edges`, at a fraction of the work."""
+        no trace-back, and nothing goes through :meth:`_draw`."""
         V, E, P = self.max_vertices, self.max_edges, self.max_path_len
         pairs = self._star_pairs()
         s_len, count = pairs[rng.integers(0, len(pairs), size=n)].T
@@ -202,7 +206,7 @@ class DagSearch(GraphTask):
         # t = 0, else v - 1. The heads go to the last slots (unused slots first, head V), then a uniform order.
         used = E - count * s_len
         slot = np.arange(E)[None, :] - used[:, None]  # 0.. for the present edges
-        head = np.where(slot >= 0, slot + 1, V).astype(np.int8 if V < 127 else np.int64)
+        head = np.where(slot >= 0, slot + 1, V).astype(np.int8)
         shuffle_suffix(rng, head, used)
         L = self.max_lookahead
         v = np.arange(V + 1)
@@ -248,18 +252,13 @@ class DagSearch(GraphTask):
         Graphs are edge lists ``(src, dst)`` (rows, slots) in vertex indices, ``V`` (a dummy vertex) in unused
         slots; the search runs layer by layer over the edge slots, so no step costs ``V * V`` per graph."""
         V, E, P = self.max_vertices, self.max_edges, self.max_path_len
-        build = {"naive": self._naive_edges, "balanced": self._balanced_edges, "star": self._star_edges}[self.distribution]
+        build = self._naive_edges if self.distribution == "naive" else self._balanced_edges
         src, dst, start, goal = build(rng, m, rejected)
-        k = len(src)
-        if self.distribution == "naive":  # fits max_edges already; parents in slots 3i..3i+2 of vertex i
-            depth, dist, count = _topo_search(src, start, goal, V)
+        # Both constructions drop graphs over max_edges; naive has the parents of vertex i in slots 3i..3i+2.
+        if self.distribution == "naive":
+            depth, dist, count = topo_search(src, start, goal, V)
         else:
-            edges = (src < V).sum(1)
-            fits = edges <= E
-            rejected["edges"] += int(k - fits.sum())
-            if not fits.all():
-                src, dst, start, goal = src[fits], dst[fits], start[fits], goal[fits]
-            depth, dist, count = _edge_bfs(src, dst, start, goal, V)
+            depth, dist, count = edge_search(src, dst, start, goal, V)
         reach = depth >= 1
         short = reach & (depth + 1 <= P)
         rejected["path"] += int((reach & ~short).sum())
@@ -269,20 +268,19 @@ class DagSearch(GraphTask):
             dist, count, depth = dist[short], count[short], depth[short]
         k = len(src)
         if self.distribution == "naive":
-            path = _topo_backtrack(rng, src, dist, count, goal, depth, P, V)
+            path = topo_trace_back(rng, src, dist, count, goal, depth, P, V)
         else:
-            path = _backtrack(rng, src, dst, dist, count, goal, depth, P, V)
+            path = edge_trace_back(rng, src, dst, dist, count, goal, depth, P)
 
         labels = np.empty((k, V + 1), dtype=label_dtype(self.num_nodes))  # column V: the dummy, pad
         labels[:, :V] = random_injection(rng, k, self.num_nodes, V, labels.dtype)
         labels[:, V] = self.pad
         # The edges to the last slots (unused slots first), then a uniform order of them.
-        # Codes src * (V + 1) + dst in the smallest dtype that holds them (the shuffle moves them a column at
-        # a time); every slot scatters at once, absent edges into a spare last column that is then dropped.
+        # Codes src * (V + 1) + dst in int16 (the shuffle moves them a column at a time); every slot scatters
+        # at once, absent edges into a spare last column that is then dropped.
         present = src < V
         count_e = present.sum(1)
-        code_dtype = np.int16 if V * (V + 1) + V < 2**15 else np.int64
-        code = np.full((k, E + 1), V * (V + 1) + V, dtype=code_dtype)  # the dummy edge
+        code = np.full((k, E + 1), V * (V + 1) + V, dtype=np.int16)  # the dummy edge
         if k:
             slot = np.where(present, (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1, E)
             slot += (np.arange(k) * (E + 1))[:, None]
@@ -336,18 +334,6 @@ class DagSearch(GraphTask):
         dst = np.where(present, i[None, :, None], V).reshape(b, 3 * V)
         return src, dst, start, goal
 
-    def _star_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
-        V = self.max_vertices
-        pairs = self._star_pairs()
-        s_len, count = pairs[rng.integers(0, len(pairs), size=m)].T
-        v = np.arange(1, V)[None, :]  # vertex 1 + j*s_len + t is node t of spoke j
-        t = (v - 1) % s_len[:, None]
-        exists = v <= (count * s_len)[:, None]
-        src = np.where(exists, np.where(t == 0, 0, v - 1), V)
-        dst = np.where(exists, v, V)
-        spoke = (rng.random(m) * count).astype(np.int64)
-        return src, dst, np.zeros(m, dtype=np.int64), spoke * s_len + s_len
-
     def _balanced_edges(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         """Balanced graphs as edge lists. The skeleton and the ancestor chain are laid out in closed form; the
         noise vertices, the only random attachment, are added vertex by vertex over just the rows that have
@@ -355,9 +341,6 @@ class DagSearch(GraphTask):
         replacement as exponential races (the law of the reference's sequential draws). A graph is dropped
         as soon as it has more than ``max_edges`` edges (edges are only ever added)."""
         V, E, L = self.max_vertices, self.max_edges, self.max_lookahead
-        if V > 63:  # one uint64 bitset per vertex
-            adj, start, goal = self._balanced(rng, m)
-            return _edge_lists(adj) + (start, goal)
         rows = np.arange(m)
         look = rng.integers(1, L + 1, size=m)
         branches = rng.integers(2, np.minimum((E - 1) // look, (V - 1) // look) + 1)
@@ -456,127 +439,8 @@ class DagSearch(GraphTask):
         keep = alive
         return src[keep], dst[keep], np.zeros(int(keep.sum()), dtype=np.int64), look[keep]
 
-    def _balanced(self, rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        V, E, L = self.max_vertices, self.max_edges, self.max_lookahead
-        rows = np.arange(m)
-        look = rng.integers(1, L + 1, size=m)
-        branches = rng.integers(2, np.minimum((E - 1) // look, (V - 1) // look) + 1)
-        n = np.minimum(np.minimum(look * branches + 1 + rng.integers(0, 6, size=m), V), E + 1)
-        n = np.maximum(n, 1 + branches * look)
 
-        # Skeleton: the goal chain 1..l, then the distractor chains, each starting with an edge from vertex 0.
-        branch_start = np.zeros((m, V + 2), dtype=bool)
-        pos = 1 + look  # next free vertex
-        coins = rng.random((m, V))
-        for j in range(V - 2):  # distractor j (at most V - 2 of them)
-            active = j < branches - 1
-            if not active.any():
-                break
-            slack = n - pos - (branches - 1 - j) * look  # spare vertices if later branches take l each
-            length = look + (active & (slack >= 1) & (coins[:, j] < 0.5))
-            branch_start[rows[active], pos[active]] = True
-            pos = np.where(active, pos + length, pos)
-        skel_end = pos
-        pre_len = (rng.random(m) * (n - skel_end + 1)).astype(np.int64)  # U{0..n - used}
-        pre_end = skel_end + pre_len
-
-        adj = np.zeros((m, V, V), dtype=bool)
-        reach = np.zeros((m, V, V), dtype=bool)  # reach[b, u, v]: a path u -> v
-        in_deg = np.zeros((m, V))  # the reference's preferential-attachment counters
-        out_deg = np.zeros((m, V))
-        idx = np.arange(V)
-        for x in range(1, V):
-            earlier = idx[None, :] < x
-            is_skel = x < skel_end
-            is_pre = (x >= skel_end) & (x < pre_end)
-            is_noise = (x >= pre_end) & (x < n)
-            parent_one = np.where(branch_start[:, x], 0, x - 1)  # skeleton: one parent
-            child_one = np.where(x == skel_end, 0, x - 1)  # ancestor chain: one child
-            kids = is_pre[:, None] & (idx[None, :] == child_one[:, None])
-            pars = is_skel[:, None] & (idx[None, :] == parent_one[:, None])
-
-            c = np.minimum(rng.integers(0, 4, size=m), x)
-            p = np.minimum(np.where(c == 0, rng.integers(1, 4, size=m), rng.integers(0, 4, size=m)), x)
-            g_kids = np.where(earlier, np.log(0.5 + in_deg) - np.log(-np.log(rng.random((m, V)))), -np.inf)
-            noise_kids = _top(g_kids, c) & is_noise[:, None]
-            kids |= noise_kids
-            desc = kids | (kids[:, :, None] & reach).any(axis=1)
-            p = np.minimum(p, x - desc.sum(axis=1))
-            g_pars = np.where(earlier & ~desc, np.log(0.5 + out_deg) - np.log(-np.log(rng.random((m, V)))), -np.inf)
-            noise_pars = _top(g_pars, p) & is_noise[:, None]
-            pars |= noise_pars
-            anc = pars | (reach & pars[:, None, :]).any(axis=2)
-
-            adj[:, x, :] |= kids
-            adj[:, :, x] |= pars
-            reach[:, x, :] = desc
-            reach[:, :, x] = anc
-            reach |= anc[:, :, None] & desc[:, None, :]
-            in_deg += kids
-            out_deg += pars
-            fixed = (is_skel | is_pre)[:, None]  # skeleton and chain edges count on both ends
-            in_deg[:, x] += np.where(fixed[:, 0], pars.sum(axis=1), 0)
-            out_deg[:, x] += np.where(fixed[:, 0], kids.sum(axis=1), 0)
-        return adj, np.zeros(m, dtype=np.int64), look
-
-
-def _top(keys: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """(m, V) bool: the ``k[b]`` largest finite keys of each row (Gumbel top-k = weighted draws without
-    replacement)."""
-    order = np.sort(keys, axis=1)[:, ::-1]
-    kth = np.take_along_axis(order, np.maximum(k - 1, 0)[:, None], axis=1)
-    return (keys >= kth) & (k[:, None] > 0) & np.isfinite(keys)
-
-
-def bfs(adj: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched BFS on adjacency ``adj`` (B, V, V) (``adj[b, u, v]``: an edge u -> v) from ``start`` (B,).
-
-    Returns ``(dist, count)``, each (B, V): edges on a shortest path from the start (-1 if unreachable) and
-    the number of shortest paths from the start (0 if unreachable)."""
-    B, V, _ = adj.shape
-    rows = np.arange(B)
-    dist = np.full((B, V), -1, dtype=np.int64)
-    count = np.zeros((B, V))
-    dist[rows, start] = 0
-    count[rows, start] = 1.0
-    frontier = count.copy()
-    a = adj.astype(np.float64)
-    for d in range(1, V):
-        into = np.matmul(frontier[:, None, :], a)[:, 0, :]  # shortest paths into each vertex via the layer
-        new = (into > 0) & (dist < 0)
-        if not new.any():
-            break
-        dist[new] = d
-        count[new] = into[new]
-        frontier = np.where(new, into, 0.0)
-    return dist, count
-
-
-def sample_shortest_paths(
-    rng: np.random.Generator, adj: np.ndarray, dist: np.ndarray, count: np.ndarray, goal: np.ndarray,
-    depth: np.ndarray, width: int,
-) -> np.ndarray:
-    """A uniformly drawn shortest path to ``goal`` per row (vertex indices, (B, width); columns past
-    ``depth + 1`` hold 0), backtracking from the goal: each predecessor at distance ``d - 1`` is drawn with
-    probability proportional to its shortest-path count, so every shortest path has probability
-    ``1 / count[goal]``. ``dist`` and ``count`` come from :func:`bfs`; rows need ``1 <= depth < width``."""
-    B = len(adj)
-    rows = np.arange(B)
-    path = np.zeros((B, width), dtype=np.int64)
-    path[rows, depth] = goal
-    top = int(depth.max()) if B else 0
-    for t in range(top - 1, -1, -1):
-        active = t < depth
-        cur = path[:, t + 1]
-        w = np.where(adj[rows, :, cur] & (dist == t), count, 0.0)
-        cum = np.cumsum(w, axis=1)
-        r = rng.random(B) * cum[:, -1]
-        pick = (cum <= r[:, None]).sum(axis=1)
-        path[:, t] = np.where(active, np.minimum(pick, adj.shape[1] - 1), path[:, t])
-    return path
-
-
-def _edge_bfs(src: np.ndarray, dst: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
+def edge_search(src: np.ndarray, dst: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
     """Batched BFS over edge lists ``(src, dst)`` (B, S) (unused slots: the dummy vertex ``V``) from ``start``.
 
     Returns ``(depth, dist, count)``: edges on a shortest path to ``goal`` (-1 if unreachable), and per vertex
@@ -605,37 +469,11 @@ def _edge_bfs(src: np.ndarray, dst: np.ndarray, start: np.ndarray, goal: np.ndar
     return dist[g0], dist.reshape(B, W), count.reshape(B, W)
 
 
-def _backtrack(
-    rng: np.random.Generator, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, count: np.ndarray,
-    goal: np.ndarray, depth: np.ndarray, width: int, V: int,
-) -> np.ndarray:
-    """:func:`sample_shortest_paths` over edge lists: per row a uniformly drawn shortest path to ``goal``
-    ((B, width) vertex indices, 0 past the end); each step back picks an edge into the current vertex from
-    distance ``t`` with probability proportional to its source's shortest-path count."""
-    B = len(src)
-    rows = np.arange(B)
-    path = np.zeros((B, width), dtype=np.int64)
-    path[rows, depth] = goal
-    if not B:
-        return path
-    sd = np.take_along_axis(dist, src, axis=1)
-    sc = np.take_along_axis(count, src, axis=1)
-    for t in range(int(depth.max()) - 1, -1, -1):
-        active = t < depth
-        cur = path[:, t + 1]
-        w = np.where((dst == cur[:, None]) & (sd == t), sc, 0.0)
-        cum = np.cumsum(w, axis=1)
-        r = rng.random(B) * cum[:, -1]
-        pick = np.minimum((cum <= r[:, None]).sum(axis=1), src.shape[1] - 1)
-        path[:, t] = np.where(active, src[rows, pick], path[:, t])
-    return path
-
-
-def _topo_search(src: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
-    """:func:`_edge_bfs` for graphs whose vertices are in topological order with the (at most three) parents
+def topo_search(src: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
+    """:func:`edge_search` for graphs whose vertices are in topological order with the (at most three) parents
     of vertex ``i`` in slots ``3i..3i+2`` of ``src`` (naive graphs): distances and shortest-path counts by one
     pass over the vertices in order (a vertex's parents are all settled before it), three gathers a vertex,
-    instead of a pass over every edge slot per BFS layer. Same outputs as :func:`_edge_bfs`."""
+    instead of a pass over every edge slot per BFS layer. Same outputs as :func:`edge_search`."""
     B = len(src)
     rows = np.arange(B)
     # (vertex, row), each vertex's row contiguous; unreachable (and the dummy V) at distance V during the
@@ -658,44 +496,49 @@ def _topo_search(src: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
     return dist[goal, rows], np.ascontiguousarray(dist.T), np.ascontiguousarray(count.T)
 
 
-def _topo_backtrack(
+def edge_trace_back(
+    rng: np.random.Generator, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, count: np.ndarray,
+    goal: np.ndarray, depth: np.ndarray, width: int,
+) -> np.ndarray:
+    """A uniformly drawn shortest path to ``goal`` per row, from the output of :func:`edge_search`: each step
+    back picks an edge into the current vertex from distance ``t`` with probability proportional to its
+    source's shortest-path count."""
+    sd = np.take_along_axis(dist, src, axis=1)
+    sc = np.take_along_axis(count, src, axis=1)
+    return _trace_back(rng, goal, depth, width, lambda t, cur: (src, np.where((dst == cur[:, None]) & (sd == t), sc, 0.0)))
+
+
+def topo_trace_back(
     rng: np.random.Generator, src: np.ndarray, dist: np.ndarray, count: np.ndarray, goal: np.ndarray,
     depth: np.ndarray, width: int, V: int,
 ) -> np.ndarray:
-    """:func:`_backtrack` for the layout of :func:`_topo_search`: the edges into the current vertex are its
-    three parent slots, so each step back weighs three candidates instead of every edge slot (the same
-    law: a parent at distance ``t`` with probability proportional to its shortest-path count)."""
+    """:func:`edge_trace_back` for the layout of :func:`topo_search`: the edges into the current vertex are
+    its three parent slots, so each step back weighs three candidates instead of every edge slot."""
     B = len(src)
+    par = src.reshape(B, V, 3)
+    base = (np.arange(B) * (V + 1))[:, None]
+    flat_d, flat_c = dist.reshape(-1), count.reshape(-1)
+
+    def into(t: int, cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = par[np.arange(B), cur]  # (B, 3); the dummy V where absent
+        return p, np.where(flat_d[p + base] == t, flat_c[p + base], 0.0)
+
+    return _trace_back(rng, goal, depth, width, into)
+
+
+def _trace_back(rng: np.random.Generator, goal: np.ndarray, depth: np.ndarray, width: int, into) -> np.ndarray:
+    """The walk back from the goal shared by both layouts: ``(B, width)`` vertex indices, 0 past ``depth``.
+    ``into(t, cur)`` gives per row the candidate predecessors of the current vertex and their weights (the
+    shortest-path count of those at distance ``t``, else 0); one is drawn with probability proportional to
+    its weight, which makes every shortest path equally likely (``1 / count[goal]``)."""
+    B = len(goal)
     rows = np.arange(B)
     path = np.zeros((B, width), dtype=np.int64)
     path[rows, depth] = goal
-    if not B:
-        return path
-    par = src.reshape(B, V, 3)
-    W = V + 1
-    flat_d, flat_c = dist.reshape(-1), count.reshape(-1)
-    for t in range(int(depth.max()) - 1, -1, -1):
-        active = t < depth
-        cur = path[:, t + 1]
-        p = par[rows, cur]  # (B, 3); the dummy V where absent
-        fi = p + (rows * W)[:, None]
-        w = np.where(flat_d[fi] == t, flat_c[fi], 0.0)
-        c0 = w[:, 0]
-        c1 = c0 + w[:, 1]
-        r = rng.random(B) * (c1 + w[:, 2])
-        pick = np.minimum((c0 <= r).astype(np.int64) + (c1 <= r), 2)
-        path[:, t] = np.where(active, p[rows, pick], path[:, t])
+    for t in range(int(depth.max()) - 1 if B else -1, -1, -1):
+        cand, w = into(t, path[:, t + 1])
+        cum = np.cumsum(w, axis=1)
+        r = rng.random(B) * cum[:, -1]
+        pick = np.minimum((cum <= r[:, None]).sum(axis=1), cand.shape[1] - 1)
+        path[:, t] = np.where(t < depth, cand[rows, pick], path[:, t])
     return path
-
-
-def _edge_lists(adj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense adjacency (B, V, V) -> edge lists ``(src, dst)`` (B, most edges), ``V`` in unused slots."""
-    m, V, _ = adj.shape
-    flat = adj.reshape(m, V * V)
-    width = max(int(flat.sum(1).max()) if m else 0, 1)
-    rows, idx = np.nonzero(flat)
-    pos = np.arange(len(rows)) - np.searchsorted(rows, np.arange(m))[rows]
-    src = np.full((m, width), V, dtype=np.int64)
-    dst = np.full((m, width), V, dtype=np.int64)
-    src[rows, pos], dst[rows, pos] = idx // V, idx % V
-    return src, dst
