@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from nfl.tasks.base import IGNORE_INDEX, InfeasibleGraphError
-from nfl.tasks.dag_search import DagSearch, edge_search, edge_trace_back, topo_search, topo_trace_back
+from nfl.tasks.dag_search import DagSearch
+from nfl.tasks.dag_search.graphs import balanced_edges
+from nfl.tasks.dag_search.search import edge_search, edge_trace_back, topo_search, topo_trace_back
 
 DISTRIBUTIONS = ["naive", "balanced", "star"]
 
@@ -231,17 +233,18 @@ def test_balanced_answer_lengths_spread_and_skeleton():
     # The construction in vertex indices: start 0, goal l, the goal chain 0 -> 1 -> ... -> l, two or more
     # branches out of the start, l uniform over 1..L (before the graphs over max_edges are dropped).
     m, rejected = 2000, {"edges": 0}
-    src, dst, start, goal = task._balanced_edges(np.random.default_rng(1), m, rejected)
+    V, E, L = task.max_vertices, task.max_edges, task.max_lookahead
+    src, dst, start, goal = balanced_edges(np.random.default_rng(1), m, V, E, L, rejected)
     k = len(src)
-    assert k + rejected["edges"] == m and k > 0.8 * m and ((src < task.max_vertices).sum(1) <= task.max_edges).all()
-    assert (start == 0).all() and set(goal.tolist()) == set(range(1, task.max_lookahead + 1))
-    assert np.abs(np.bincount(goal)[1:] / k - 1 / task.max_lookahead).max() < 0.05
+    assert k + rejected["edges"] == m and k > 0.8 * m and ((src < V).sum(1) <= E).all()
+    assert (start == 0).all() and set(goal.tolist()) == set(range(1, L + 1))
+    assert np.abs(np.bincount(goal)[1:] / k - 1 / L).max() < 0.05
     codes = src * 100 + dst
-    for i in range(1, task.max_lookahead + 1):
+    for i in range(1, L + 1):
         on = goal >= i
         assert (codes[on] == (i - 1) * 100 + i).any(axis=1).all()
     assert ((src == 0).sum(1) >= 2).all()
-    depth, _, _ = edge_search(src, dst, start, goal, task.max_vertices)
+    depth, _, _ = edge_search(src, dst, start, goal, V)
     assert (depth <= goal).all() and (depth >= 1).all()
     assert (depth < goal).any()  # noise shortcuts exist (no lookahead-equality filter)
 
