@@ -4,8 +4,8 @@ A training step on the CPU allocates activations of tens of MB (a reference-size
 (7936, 1536) float32 MLP activations: 48 MB). glibc's malloc serves blocks that large with a fresh ``mmap``
 and returns them with ``munmap`` when freed, so every step pays for page faults and the kernel zeroing
 those pages again. Raising glibc's mmap and trim thresholds to 1 GiB keeps the blocks in the heap for the
-next step: 2.95 -> 2.84 s per reference-size training step on 2 CPU cores (``python -m nfl.bench``; see the
-README's Speed section). The cost is that the process keeps its peak memory instead of returning it.
+next step: 2.95 -> 2.84 s per reference-size training step on 2 CPU cores (``python -m nfl.bench``; see
+docs/speed.md). The cost is that the process keeps its peak memory instead of returning it.
 
 Set ``NFL_MALLOC_DEFAULTS=1`` to keep glibc's defaults. Other C libraries (musl, macOS) are left alone.
 """
