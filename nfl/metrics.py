@@ -127,16 +127,20 @@ class AnswerMetrics(Metric):
         for name in ("free_correct", "tf_correct", "rows_with"):
             self.add_state(name, torch.zeros(L, dtype=torch.float64), dist_reduce_fx="sum")
         for name in (
-            "n", "exact", "loss_sum", "edge_hits", "edge_pairs", "valid", "reaches_goal", "decisions",
+            "n", "exact", "loss_sum", "loss_tokens", "edge_hits", "edge_pairs", "valid", "reaches_goal", "decisions",
             "decision_free", "decision_tf", "decision_chance", "others", "other_tf",
         ):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, batch: ReadAnswers, loss: torch.Tensor) -> None:
-        """``loss``: the mean over the batch."""
+    def update(self, batch: ReadAnswers, loss: torch.Tensor, tokens: Optional[torch.Tensor] = None) -> None:
+        """``loss``: the mean over the batch's ``tokens`` scored answer tokens (default: as many per row), so
+        that ``loss`` is the mean over every scored token of the set, however it is split into batches or
+        across ranks."""
         B = batch.length.shape[0]
         self.n += B
-        self.loss_sum += loss.detach().double() * B
+        tokens = torch.tensor(B, device=loss.device) if tokens is None else tokens
+        self.loss_sum += loss.detach().double() * tokens
+        self.loss_tokens += tokens
         self.exact += batch.exact.sum()
         self.rows_with += batch.inside.sum(dim=0)
         self.free_correct += ((batch.free == batch.target) & batch.inside).sum(dim=0)
@@ -162,7 +166,7 @@ class AnswerMetrics(Metric):
         free, tf = self.free_correct / rows, self.tf_correct / rows
         decisions = self.decisions.clamp(min=1)
         out = {
-            "loss": self.loss_sum / n,
+            "loss": self.loss_sum / self.loss_tokens.clamp(min=1),
             "exact_match": self.exact / n,
             "edge_follow_rate": self.edge_hits / self.edge_pairs.clamp(min=1),
             "valid_path_rate": self.valid / n,

@@ -30,7 +30,7 @@ from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, target_cross_entropy
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.schedules import warmup_cosine
-from nfl.tasks.base import GraphTask
+from nfl.tasks.base import IGNORE_INDEX, GraphTask
 from nfl.tasks.config import task_from_spec, task_spec
 from nfl.tasks.path_star import PathStar
 
@@ -152,7 +152,7 @@ class GraphSystem(pl.LightningModule):
         # trains on (a multi-head sum is not comparable across objectives); it equals out.loss for TF.
         tf_loss = target_cross_entropy(out.logits, encoded.target)
         read = read_answers(self.task, self.hparams.reverse, prefix, target, free, tf, free_len, well_formed)
-        self.metrics[stage].update(read, tf_loss)
+        self.metrics[stage].update(read, tf_loss, (encoded.target != IGNORE_INDEX).sum())
         if stage in self.task_metrics:
             self.task_metrics[stage].update(read, tf_loss)
         if stage in self.objective_metrics:

@@ -11,10 +11,23 @@ import pytest
 from tests.conftest import ROOT, read_scalars, version_dir
 
 
-def test_two_process_ddp_splits_data_and_reduces_metrics_exactly(tiny_config, tmp_path, run_cli):
+VARIED_TASK = """
+data:
+  class_path: nfl.data.TaskDataModule
+  init_args:
+    task: {class_path: nfl.tasks.PathStar, init_args: {degree: 2, arm_lengths: [3, 5], goal: any, num_nodes: 50}}
+    batch_size: 32
+"""
+
+
+@pytest.mark.parametrize("task", ["path_star", "varied"])
+def test_two_process_ddp_splits_data_and_reduces_metrics_exactly(task, tiny_config, tmp_path, run_cli):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # 65 held-out graphs: an uneven split (33 + 32) that padding or duplication would get wrong.
     common = ["--config", str(tiny_config), "--data.init_args.n_test", "65", "--data.init_args.eval_batch_size", "16"]
+    if task == "varied":  # answers of several lengths: positions some rows lack, end tokens, padding
+        (tmp_path / "varied.yaml").write_text(VARIED_TASK)
+        common[2:2] = ["--config", str(tmp_path / "varied.yaml")]
     done = subprocess.run(
         [sys.executable, "-m", "nfl", "fit", *common, "--trainer.accelerator", "cpu", "--trainer.devices", "2",
          "--trainer.strategy", "ddp", "--trainer.max_steps", "8",
@@ -32,3 +45,5 @@ def test_two_process_ddp_splits_data_and_reduces_metrics_exactly(tiny_config, tm
     single = run_cli("validate", *common, "--ckpt_path", str(ckpt)).trainer.callback_metrics
     assert single["val/exact_match"].item() == pytest.approx(ddp_exact, abs=1e-6)
     assert single["val/loss"].item() == pytest.approx(ddp_loss, rel=1e-5)
+    for tag in ("val/free/pos_4", "val/tf/pos_4", "val/decision_acc", "val/reaches_goal_rate"):  # per-row counts
+        assert single[tag].item() == pytest.approx(read_scalars(version_dir(tmp_path))[tag][-1][1], abs=1e-6), tag
