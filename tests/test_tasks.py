@@ -297,3 +297,18 @@ def test_held_out_graphs_never_reach_training_on_small_graph_spaces(task):
     open_dm.setup("fit")
     seen = np.concatenate([task.graph_keys(open_dm.train_batches().batch(b)[0].numpy()) for b in range(10)])
     assert np.isin(seen, held_out).any()  # without exclusion they do: the check above can fail
+
+
+def test_multi_token_heads_with_nothing_ahead_in_a_batch_add_no_loss_and_no_nan():
+    from nfl.objectives import MultiTokenHeads
+
+    task = PathStar(2, None, 20, arm_lengths=(2, 4), goal="any")
+    gpt = GPT(task.vocab_size, task.seq_len, n_layer=1, d_model=16, n_head=2)
+    objective = MultiTokenHeads(k=4)
+    objective.bind(task, gpt)
+    prefix, target = (torch.from_numpy(a) for a in task.sample(np.random.default_rng(0), 64))
+    short = task.answer_lengths(target) == 2  # start, goal, end token: heads 4 has nothing to predict
+    out = objective(gpt, prefix[short], target[short])
+    assert torch.isfinite(out.loss) and out.extras["mtp/head_4_loss"].item() == 0.0
+    out.loss.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in gpt.parameters())

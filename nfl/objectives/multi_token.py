@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
-from nfl.tasks.base import GraphTask
+from nfl.tasks.base import IGNORE_INDEX, GraphTask
 from nfl.decoding import continue_greedy, continue_speculative, greedy_decode, speculative_greedy_decode
 from nfl.errors import OptionError, at_least, require
 from nfl.models.base import Backbone
@@ -137,7 +137,9 @@ class MultiTokenHeads(Objective):
         extras, weighted, logits = {}, [], None
         for j in range(1, self.k + 1):
             head = self.head_logits(backbone, j, hidden[:, : l - j + 1])  # (B, l-j+1, V): answer tokens j-1..l-1
-            loss_j = target_cross_entropy(head, target[:, j - 1 :])
+            ahead = target[:, j - 1 :]
+            # A batch whose answers are all shorter than j (variable-length tasks) gives head j nothing to learn.
+            loss_j = target_cross_entropy(head, ahead) if (ahead != IGNORE_INDEX).any() else head.sum() * 0.0
             extras[f"mtp/head_{j}_loss"] = loss_j
             weighted.append(self.head_weights[j - 1] * loss_j)
             preds[:, j - 1, j - 1 :] = head.argmax(-1)
