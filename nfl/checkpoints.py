@@ -37,6 +37,9 @@ def write_atomically(data: bytes | memoryview, path: str) -> None:
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would make it: mkstemp's 0600 would hide it from the group
         with open(fd, "wb") as f:
             f.write(data)
             f.flush()

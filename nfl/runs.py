@@ -85,6 +85,8 @@ def contradictions(saved: dict[str, Any], given: Namespace, keys: tuple[str, ...
 def _option(key: str, linked: dict[str, str]) -> str:
     """The option a user types for a flattened model key: ``task.init_args.degree`` is the data's ``degree``."""
     head, _, rest = key.partition(".")
+    if key == "task.class_path":
+        return "data task class"
     if head == "task":  # linked["task"]: where the task's options sit in the data section
         return f"{linked.get('task', 'data.init_args.task.init_args')}.{rest.removeprefix('init_args.')}"
     return linked.get(head, "model." + key)
@@ -99,6 +101,8 @@ def refuse_contradictions(ckpt: str, saved: dict[str, Any], given: Namespace, ke
     differ = contradictions(saved, given, keys)
     if not differ:
         return
+    if any(k == "task.class_path" for k, _, _ in differ):  # another task altogether: its options say nothing more
+        differ = [d for d in differ if not d[0].startswith("task.") or d[0] == "task.class_path"]
     shown = "; ".join(f"--{_option(k, linked)} is {old!r} in the checkpoint, {new!r} here" for k, old, new in differ)
     graph = ""
     if any(k.split(".")[0] == "task" for k, _, _ in differ) and isinstance(saved.get("task"), dict):

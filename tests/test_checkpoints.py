@@ -172,3 +172,24 @@ def test_a_checkpoint_from_before_graph_tasks_still_evaluates_and_resumes(run_cl
     with pytest.raises(SystemExit) as done:
         run_cli("test", "--config", str(tiny_config), "--ckpt_path", str(old), "--data.init_args.num_nodes=30")
     assert "--data.init_args.num_nodes is 20 in the checkpoint, 30 here" in done.value.code
+
+
+def test_checkpoints_get_the_usual_file_permissions(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4")
+    umask = os.umask(0)
+    os.umask(umask)
+    last = version_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    assert last.stat().st_mode & 0o777 == 0o666 & ~umask  # not the temporary file's private 0600
+
+
+def test_a_checkpoint_of_another_task_names_the_task_class_only(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4")
+    ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    other = tmp_path / "tree.yaml"
+    other.write_text("data:\n  class_path: nfl.data.TaskDataModule\n  init_args:\n    task: {class_path: nfl.tasks.TreeStar, "
+                     "init_args: {num_nodes: 20}}\n    batch_size: 32\n    n_test: 64\n")
+    with pytest.raises(SystemExit) as done:
+        run_cli("test", "--config", str(tiny_config), "--config", str(other), "--ckpt_path", ckpt)
+    message = done.value.code
+    assert "--data task class is 'nfl.tasks.path_star.PathStar' in the checkpoint" in message
+    assert "branching" not in message and "\n" not in message
