@@ -155,6 +155,8 @@ def run_child(cmd: list[str], log_path: str, signals: Signals, save_timeout: flo
     for it to save ``last.ckpt`` and exit, then kill it."""
     with open(log_path, "a") as out:
         signals.child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if signals.received is not None:  # arrived between the sweep's last check and the child's start
+            signals.child.send_signal(signals.received)
         deadline = None
         while True:
             try:
