@@ -159,11 +159,21 @@ class GraphSystem(pl.LightningModule):
             self.objective_metrics[stage].update(out, encoded.target)
 
     def _log_metrics(self, stage: str) -> None:
+        # Whether the stage ran is decided across ranks: compute() is collective, and a rank whose share of a
+        # small held-out set is empty must still join it.
+        ran = self.metrics[stage].update_count > 0
+        if self.trainer.world_size > 1:
+            ran = self.trainer.strategy.reduce_boolean_decision(ran, all=False)
+        if not ran:
+            return
         for metrics in (self.metrics, self.task_metrics, self.objective_metrics):
             metric = metrics[stage] if stage in metrics else None
-            if metric is None or metric.update_count == 0:
+            if metric is None:
                 continue
-            for name, value in metric.compute().items():  # already reduced across ranks
+            with warnings.catch_warnings():  # a rank with no batches contributes zeros, as it should
+                warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
+                values = metric.compute()  # already reduced across ranks
+            for name, value in values.items():
                 self.log(f"{stage}/{name}", value, prog_bar=name == "exact_match" and stage != "train_eval")
             metric.reset()
 

@@ -52,13 +52,6 @@ def _apply(transform: Callable[[torch.Tensor, torch.Tensor], Any], batch: Batch)
     return transform(*batch)
 
 
-def sample_excluding(
-    rng: np.random.Generator, n: int, task: GraphTask, excluded: Optional[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``n`` graphs of ``task`` outside the sorted key array ``excluded`` (see :meth:`GraphTask.sample_excluding`)."""
-    return task.sample_excluding(rng, n, excluded)
-
-
 class TrainBatches(IterableDataset):
     """An endless sequence of training batches starting at ``start_batch``.
 
@@ -93,7 +86,7 @@ class TrainBatches(IterableDataset):
         """Batch number ``b`` of this rank: deterministic in (seed, rank, b)."""
         if self.graphs is None:
             rng = np.random.default_rng([self.seed, _STREAM, self.rank, b])
-            return _to_batch(*sample_excluding(rng, self.batch_size, self.task, self.excluded), self.reverse, self.task)
+            return _to_batch(*self.task.sample_excluding(rng, self.batch_size, self.excluded), self.reverse, self.task)
         epoch, j = divmod(b, self.batches_per_epoch)
         order = np.random.default_rng([self.seed, _EPOCH_ORDER, epoch]).permutation(len(self.graphs[1]))
         first = (j * self.world_size + self.rank) * self.batch_size
@@ -243,7 +236,7 @@ class TaskDataModule(pl.LightningDataModule):
                 self.train_graphs = self._drop_test_graphs(self.task.read_file(self.train_file), self.train_file)
             elif self.n_train is not None:
                 rng = np.random.default_rng([self.seed, _RESAMPLE])
-                self.train_graphs = sample_excluding(rng, self.n_train, self.task, self._excluded)
+                self.train_graphs = self.task.sample_excluding(rng, self.n_train, self._excluded)
 
     def _drop_test_graphs(self, graphs: tuple[np.ndarray, np.ndarray], source: str) -> tuple[np.ndarray, np.ndarray]:
         if self._excluded is None:
@@ -291,6 +284,11 @@ class TaskDataModule(pl.LightningDataModule):
     def _eval(self, graphs: tuple[np.ndarray, np.ndarray], n: Optional[int] = None) -> DataLoader:
         rank, world = self._rank()
         graphs = (graphs[0][:n], graphs[1][:n]) if n is not None else graphs
+        if len(graphs[1]) < world:  # decided alike on every rank, so all of them stop with this line
+            raise UserInputError(
+                f"{len(graphs[1])} evaluation graphs cannot be shared by {world} ranks (each needs at least one); "
+                f"raise n_test / n_val / n_train_eval to at least {world}."
+            )
         return self._loader(EvalBatches(graphs, self.eval_batch_size, self.reverse, rank, world, self.task))
 
     def val_dataloader(self) -> list[DataLoader]:
