@@ -86,6 +86,8 @@ def verdict(exact: float, decision: float, chance: float) -> str:
     """Plain words for where the decision token stands against chance (5 points either way count as at)."""
     if exact >= 0.95:
         return "solved"
+    if decision != decision or chance != chance:  # NaN: the task's graphs have no decision positions
+        return "not solved"
     if decision > chance + 0.05:
         return "beats chance, not solved"
     if decision < chance - 0.05:
@@ -96,8 +98,8 @@ def verdict(exact: float, decision: float, chance: float) -> str:
 def check_runs(runs: list[dict]) -> None:
     """Refuse runs the report cannot describe: no test metrics (for the table) or no validation (for the plots)."""
     for tags, what, fix in (
-        (("test/exact_match", "test/chance"), "test metrics", "give them test_after_fit: true"),
-        (("val/chance",), "validation metrics", "set trainer.val_check_interval to at most trainer.max_steps"),
+        (("test/exact_match",), "test metrics", "give them test_after_fit: true"),
+        (("val/exact_match",), "validation metrics", "set trainer.val_check_interval to at most trainer.max_steps"),
     ):
         missing = [r["run"] for r in runs if not all(t in r["scalars"] for t in tags)]
         if missing:
@@ -119,7 +121,8 @@ def summarise(runs: list[dict]) -> list[dict]:
             values = [r["scalars"][tag][-1][1] for r in members if tag in r["scalars"]]
             mean, std = _mean_std(values) if values else (float("nan"), float("nan"))
             row[f"{column}_mean"], row[f"{column}_std"] = mean, std
-        row["chance"] = members[0]["scalars"]["test/chance"][-1][1]
+        chance = members[0]["scalars"].get("test/chance")  # absent where the graphs have no decisions
+        row["chance"] = chance[-1][1] if chance else float("nan")
         row["verdict"] = verdict(row["exact_match_mean"], row["decision_acc_mean"], row["chance"])
         row["wall_seconds_mean"] = statistics.fmean(r["wall_seconds"] for r in members)
         rows.append(row)
@@ -150,8 +153,9 @@ def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str
     ]
     for r in rows:
         cells = " | ".join(pct(r, c) for c, _, _ in columns)
+        chance = "–" if r["chance"] != r["chance"] else f"{100 * r['chance']:.0f}"
         lines.append(
-            f"| {r['setting']} | {r['seeds']} | {cells} | {100 * r['chance']:.0f} | {r['verdict']} | "
+            f"| {r['setting']} | {r['seeds']} | {cells} | {chance} | {r['verdict']} | "
             f"{r['wall_seconds_mean']:.0f} s |"
         )
     lines += ["", "Per-position validation accuracy over training (left: free-running, right: teacher-forced):", ""]
@@ -172,7 +176,7 @@ def plot_setting(setting: str, members: list[dict], out: str) -> str:
 
     scalars = [r["scalars"] for r in members]
     positions = sorted(int(t.rsplit("_", 1)[1]) for t in scalars[0] if t.startswith("val/free/pos_"))
-    chance = scalars[0]["val/chance"][-1][1]
+    chance = scalars[0]["val/chance"][-1][1] if "val/chance" in scalars[0] else None
     exact = statistics.fmean(s["test/exact_match"][-1][1] for s in scalars)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     cmap = plt.get_cmap("viridis")
@@ -184,7 +188,8 @@ def plot_setting(setting: str, members: list[dict], out: str) -> str:
             # Later positions are drawn thinner on top, so lines that coincide stay visible.
             ax.plot(steps, mean, "o-", color=cmap(i / max(1, len(positions) - 1) * 0.9), markersize=3,
                     linewidth=3.2 - 2.2 * i / max(1, len(positions) - 1), label=f"position {pos}")
-        ax.axhline(chance, color="gray", linestyle=":", label=f"chance {chance:.2f}")
+        if chance is not None:
+            ax.axhline(chance, color="gray", linestyle=":", label=f"chance {chance:.2f}")
         ax.set(xlabel="training step", title=f"{label} accuracy per position", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy")
