@@ -30,14 +30,6 @@ from torchmetrics import Metric
 from nfl.tasks.base import GraphTask
 
 
-def flip_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse the first ``lengths[b]`` entries of each row of (B, L) ``x``; the rest stay."""
-    cols = torch.arange(x.shape[1], device=x.device)
-    inside = cols[None, :] < lengths[:, None]
-    idx = (lengths[:, None] - 1 - cols[None, :]).clamp(min=0)
-    return x.gather(1, idx).where(inside, x)
-
-
 @dataclass
 class ReadAnswers:
     """One evaluation batch on node positions, in emitted order and read forward (start first)."""
@@ -86,7 +78,8 @@ def read_answers(
     tf = tf[:, :L].where(inside, minus)
     well_formed = torch.ones_like(length, dtype=torch.bool) if well_formed is None else well_formed
     if reverse:
-        fwd_target, fwd_free, fwd_tf = flip_within(target, length), flip_within(free, free_len), flip_within(tf, length)
+        flip = task.reverse_answers
+        fwd_target, fwd_free, fwd_tf = flip(target, length), flip(free, free_len), flip(tf, length)
     else:
         fwd_target, fwd_free, fwd_tf = target, free, tf
 

@@ -99,25 +99,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def write_graphs(args: argparse.Namespace) -> None:
-    """Check every argument, then generate and write; a bad argument raises :class:`UserInputError`."""
-    task = PathStarTask(args.degree, args.path_len, args.num_nodes)
-    if args.n < 1:
-        raise UserInputError(f"--n must be >= 1, got {args.n}.")
-    if args.seed < 0:
-        raise UserInputError(f"--seed must be >= 0, got {args.seed}.")
-    if os.path.isdir(args.out):
-        raise UserInputError(f"--out {args.out} is a folder; give the path of the file to write.")
-    if args.exclude and not os.path.isfile(args.exclude):
-        raise UserInputError(f"--exclude {args.exclude}: no such file; give an existing data file (e.g. the test set).")
-    excluded = np.unique(graph_keys(read_file(args.exclude, task)[0], task)) if args.exclude else None
-    prefix, target = sample_excluding(np.random.default_rng(args.seed), args.n, task, excluded)
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        write_file(args.out, prefix, target, task)
-    except OSError as err:
-        raise UserInputError(f"--out {args.out}: cannot write it ({err.strerror}); choose a writable path.") from None
-    print(f"wrote {args.n} graphs of G({args.degree},{args.path_len},{args.num_nodes}) to {args.out}")
-
 if __name__ == "__main__":
     sys.exit(main())

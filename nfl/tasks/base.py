@@ -198,10 +198,11 @@ class GraphTask:
         """Nodes in each answer row (numpy or torch): entries below ``num_nodes`` before the end or padding."""
         return ((target >= 0) & (target < self.num_nodes)).sum(1)
 
-    def reverse_answers(self, target):
+    def reverse_answers(self, target, lengths=None):
         """Each answer's nodes in reverse order (the end token and padding stay where they are); works on numpy
-        and torch, and is its own inverse."""
-        lengths = self.answer_lengths(target)
+        and torch, and is its own inverse. ``lengths`` (B,): the nodes of each row to reverse (default: the
+        node entries of ``target``; predictions give their own)."""
+        lengths = self.answer_lengths(target) if lengths is None else lengths
         if not self.variable:
             return target.flip(1) if hasattr(target, "flip") else target[:, ::-1]
         cols = np.arange(target.shape[1]) if isinstance(target, np.ndarray) else _arange_like(target)
@@ -275,8 +276,7 @@ class GraphTask:
 
     def prefix_texts(self, prefix: np.ndarray) -> list[str]:
         """The text of each prefix, up to and including ``=``."""
-        lines = self.format_lines(prefix, np.full((len(prefix), 0), IGNORE_INDEX, dtype=np.int64))
-        return lines
+        return self.format_lines(prefix, np.full((len(prefix), 0), IGNORE_INDEX, dtype=np.int64))
 
     def write_file(self, path: str | os.PathLike, prefix: np.ndarray, target: np.ndarray) -> None:
         """Write graphs (forward answers) to a text file, one per line, ``\\n``-terminated."""

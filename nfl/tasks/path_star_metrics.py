@@ -25,10 +25,9 @@ class PathStarDiagnostics(Metric):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, batch: ReadAnswers, loss: torch.Tensor) -> None:
-        start, _ = self.task.query_of(batch.prefix)
-        follows = (batch.fwd_free[:, 0] == start) & (batch.is_edge | ~batch.pairs).all(dim=1) & (batch.free_len >= 2)
         self.n += batch.length.shape[0]
-        self.wrong_arm += (follows & (batch.fwd_free[:, 1] != batch.fwd_target[:, 1])).sum()
+        off_arm = batch.fwd_free[:, 1] != batch.fwd_target[:, 1]  # the first step leaves the goal's arm
+        self.wrong_arm += (batch.valid & (batch.free_len >= 2) & off_arm).sum()
         late = batch.inside.clone()
         late[:, :2] = False  # forward positions 3.. (0-based 2..)
         self.late += late.sum()
