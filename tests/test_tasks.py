@@ -312,3 +312,15 @@ def test_multi_token_heads_with_nothing_ahead_in_a_batch_add_no_loss_and_no_nan(
     assert torch.isfinite(out.loss) and out.extras["mtp/head_4_loss"].item() == 0.0
     out.loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in gpt.parameters())
+
+
+def test_a_line_with_too_few_edges_is_refused_where_every_graph_has_them_all():
+    from nfl.tasks import DataFileError
+
+    task = PathStar(2, 4, 20, goal="any")  # answers vary, the edge list does not
+    prefix, target = task.sample(np.random.default_rng(0), 3)
+    line = task.format_lines(prefix, target)[0]
+    head, answer = line.split("/")
+    short = "|".join(head.split("|")[1:]) + "/" + answer  # one edge dropped
+    with pytest.raises(DataFileError, match=r"<lines>:1: 5 edges"):
+        task.parse_lines([short])

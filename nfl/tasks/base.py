@@ -74,6 +74,11 @@ class GraphTask:
     def query_first(self) -> bool:
         return False
 
+    @property
+    def fixed_edges(self) -> bool:
+        """Whether every graph has exactly ``max_edges`` edges (a file line with fewer is then malformed)."""
+        return not self.variable
+
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` independent graphs: ``(prefix (n, prefix_len), target (n, target_len))`` int64, forward paths."""
         raise NotImplementedError

@@ -108,9 +108,8 @@ class PathStar(GraphTask):
         return self.arm_lengths is not None or self.goal == "any"
 
     @property
-    def chance(self) -> float:
-        """Decision-token accuracy of a model that picks an arm uniformly."""
-        return 1.0 / self.degree
+    def fixed_edges(self) -> bool:
+        return self.arm_lengths is None
 
     def describe(self) -> str:
         size = f"G(degree={self.degree}, path_len={self.path_len}, num_nodes={self.num_nodes})"

@@ -68,7 +68,7 @@ def format_text(task: "GraphTask", prefix: np.ndarray, target: np.ndarray) -> by
 
 def _expected(task: "GraphTask") -> str:
     grammar = "s,g/u,v|u,v|...=p1,...,pk" if task.query_first else "u,v|u,v|.../s,g=p1,...,pk"
-    edges = f"{task.max_edges}" if not task.variable else f"at most {task.max_edges}"
+    edges = f"{task.max_edges}" if task.fixed_edges else f"at most {task.max_edges}"
     nodes = f"{task.max_path_len}" if not task.variable else f"at most {task.max_path_len}"
     return f"expected {task.describe()} lines like '{grammar}' with {edges} edges and {nodes} answer nodes"
 
@@ -102,7 +102,7 @@ def parse_text(task: "GraphTask", lines: Iterable[str], source: str) -> tuple[np
             raise DataFileError(f"{where}: missing '/' or '='; {expected}.")
         query_text, edges_text = (first, second) if task.query_first else (second, first)
         edge_texts = edges_text.split("|")
-        if len(edge_texts) > E or (not task.variable and len(edge_texts) != E):
+        if len(edge_texts) > E or (task.fixed_edges and len(edge_texts) != E):
             raise DataFileError(f"{where}: {len(edge_texts)} edges; {expected}.")
         pcs = []
         for edge in edge_texts:
