@@ -7,7 +7,9 @@ for the task's vocabulary and sequence length.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import signal
 import sys
 import warnings
@@ -111,6 +113,22 @@ class NFLCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
+_NOISE = re.compile(
+    r"^(- )?(Expected a <class 'NoneType'>|Given value|Subtypes:|Errors:|Does not validate|Parser key|"
+    r"Problem with given class_path|Not a valid subclass)"
+)
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's nested, multi-line parse error as one line: the option's path, then its innermost reason."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    reasons = [line for line in lines if not _NOISE.match(line)]
+    reason = reasons[-1] if reasons else (lines[-1] if lines else message)
+    where = f"{'.'.join(keys)}: " if keys and not reason.startswith(keys[0]) else ""
+    return f"{where}{reason.rstrip('.')}. See python -m nfl fit --help, or --data.help / --model.backbone.help CLASS."
+
+
 def legacy_task(hparams: dict[str, Any]) -> dict[str, Any]:
     """Checkpoint hyperparameters with the ``degree``/``path_len``/``num_nodes`` of a checkpoint written before
     graph tasks were pluggable turned into the path-star task they describe."""
@@ -157,9 +175,12 @@ def main(args: ArgsType = None) -> Optional[NFLCLI]:
             subclass_mode_data=True,
             trainer_defaults=defaults,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "python -m nfl"},
+            parser_kwargs={"prog": "python -m nfl", "exit_on_error": False},
             args=args,
         )
+    except argparse.ArgumentError as err:  # jsonargparse's: a typo'd option, an unknown class, a bad type
+        print(f"error: {parse_error_line(str(err))}", file=sys.stderr)
+        sys.exit(2)  # argparse's exit code for a command line it cannot parse
     except SIGTERMException:  # a signal stopped fit between steps, after last.ckpt was written
         sys.exit(128 + (stop.signum or signal.SIGTERM))
     except Exception as err:

@@ -121,3 +121,18 @@ def test_help_in_a_subprocess():
     assert done.returncode == 0 and "fit" in done.stdout and "test" in done.stdout
     done = subprocess.run([sys.executable, "-m", "nfl", "fit", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and "--model.backbone" in done.stdout and "--test_after_fit" in done.stdout
+
+
+def test_a_misspelt_option_or_class_is_one_error_line(run_cli, tiny_config, capsys):
+    tree = ["--data=nfl.data.TaskDataModule", "--data.init_args.task=nfl.tasks.TreeStar"]
+    for args, words in (
+        ([*tree, "--data.init_args.task.init_args.depht=2"], ["data.task", "'depht' is not accepted"]),
+        (["--model.lrr=0.1"], ["--model.lrr"]),
+        (["--data.init_args.batch_size=abc"], ["data.batch_size", "int"]),
+        (["--model.objective=nfl.objectives.Nope"], ["model.objective", "Nope"]),
+    ):
+        with pytest.raises(SystemExit) as done:
+            run_cli("fit", "--config", str(tiny_config), *args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+        assert all(w in err[0] for w in words), err[0]
