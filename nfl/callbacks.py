@@ -118,7 +118,8 @@ class StopOnNonFiniteLoss(Callback):
     """Stop ``fit`` at the first step whose training loss is NaN or infinite, before it reaches the weights.
 
     The check runs before the backward pass, so the optimizer never steps on that loss and nothing is saved
-    after it: ``last.ckpt`` and the periodic checkpoints keep the last good weights.
+    after it: ``last.ckpt`` and the periodic checkpoints are the ones already written (weights a non-finite
+    gradient spoiled one step earlier, with a finite loss, are not caught here).
     """
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:

@@ -1,8 +1,9 @@
 """Codecs: how a graph-task batch becomes a backbone's tokens, and the backbone's answers become path nodes again.
 
 The data module generates the reference numeral tokens: a ``prefix`` (B, P) and a ``target`` (B, target_len)
-of node ids (closed by the task's end token where answers vary in length). Metrics are always computed on those node ids. A codec sits between the two (for training
-batches the loader applies it, in its worker processes; see ``TaskDataModule.train_transform``):
+of node ids (closed by the task's end token where answers vary in length). Metrics are always computed on
+those node ids. A codec sits between the two (for training batches the loader applies it, in its worker
+processes; see ``TaskDataModule.train_transform``):
 
 - :class:`NumeralCodec` (GPT, Mamba): the backbone reads numeral tokens, so it is the identity.
 - :class:`TextCodec` (pretrained Hugging Face models): each example is written out in the reference text
@@ -14,7 +15,8 @@ batches the loader applies it, in its worker processes; see ``TaskDataModule.tra
   batch exactly as it treats numeral tokens.
 
   Back to nodes: a generated answer is decoded to text, cut at the first end token, and parsed as
-  comma-separated integers (exactly ``l`` for a fixed-length task, at most the longest answer otherwise) (whitespace around them is ignored). Text that does not parse is never an
+  comma-separated integers, exactly ``l`` for a fixed-length task and at most the longest answer otherwise
+  (whitespace around them is ignored). Text that does not parse is never an
   error: the positions that do not hold a node id read -1 (always wrong), and the row is marked ill-formed,
   so it is never an exact match.
   Under teacher forcing, path node ``i`` is right when every token that spells part of it is predicted
