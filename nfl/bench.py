@@ -8,6 +8,10 @@ Example::
 
     python -m nfl.bench --config configs/quickstart.yaml --steps 30
     python -m nfl.bench --config configs/reference_tf.yaml --precision bf16-mixed --compile
+    python -m nfl.bench --config configs/quickstart_bst.yaml --versus nfl.objectives.TeacherForcing
+
+``--versus OBJECTIVE`` also times training steps of the same config with that objective, interleaved with the
+config's own in the same run, and prints the ratio of the two step times.
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ from nfl.system import GraphSystem
 
 
 def build(config: str, overrides: Sequence[str]) -> tuple[GraphSystem, TaskDataModule]:
-    cli = NFLCLI(
-        GraphSystem, TaskDataModule, subclass_mode_data=True, run=False,
-        args=["--config", config, *overrides], save_config_callback=None,
-    )
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the bench's own arguments are not the CLI's
+    try:
+        cli = NFLCLI(
+            GraphSystem, TaskDataModule, subclass_mode_data=True, run=False,
+            args=["--config", config, *overrides], save_config_callback=None,
+        )
+    finally:
+        sys.argv = argv
     return cli.model, cli.datamodule
 
 
@@ -66,6 +74,30 @@ def model_flops_per_token(system: GraphSystem, seq_len: int) -> float:
     return 6 * n + 12 * layers * bb.d_model * seq_len
 
 
+def training_step(system: GraphSystem, data: TaskDataModule, device, args, dtype, autocast):
+    """One training step of ``system`` as a function (and the input length it saw, filled on first call)."""
+    system.to(device).train()
+    backbone = torch.compile(system.backbone) if args.compile else system.backbone
+    optimizer = system.make_optimizer(mixed_precision=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
+    data.setup("fit")
+    stream = iter(data.train_batches())
+    codec = system.codec  # numeral batches -> the backbone's tokens (the identity for GPT and Mamba)
+    shape: list[int] = []
+
+    def step() -> None:
+        batch = codec.encode(*(t.to(device, non_blocking=True) for t in next(stream)))
+        shape[:] = [batch.prefix.shape[1] + batch.target.shape[1] - 1]
+        with autocast():
+            loss = system.objective(backbone, batch.prefix, batch.target).loss
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    return step, shape
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfl.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="an nfl YAML config")
@@ -76,6 +108,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone for training")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU peak dense TFLOP/s (H100 bf16: 989)")
+    parser.add_argument("--versus", metavar="OBJECTIVE", help="also time training steps with this objective "
+                        "(a class path, e.g. nfl.objectives.TeacherForcing) and print the step-time ratio")
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --data.init_args.batch_size=64")
     args = parser.parse_args(argv)
     for name in ("steps", "eval_graphs", "repeats"):
@@ -109,35 +143,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"generate      batch {n:>6}: {n / seconds:>12,.0f} graphs/s")
 
     # --- training steps ------------------------------------------------------------------------------
-    system.to(device).train()
-    backbone = torch.compile(system.backbone) if args.compile else system.backbone
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(args.precision)
-    optimizer = system.make_optimizer(mixed_precision=dtype is not None)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
-    data.setup("fit")
-    stream = iter(data.train_batches())
-
-    codec = system.codec  # numeral batches -> the backbone's tokens (the identity for GPT and Mamba)
-    shape = []
-
-    def step() -> None:
-        batch = codec.encode(*(t.to(device, non_blocking=True) for t in next(stream)))
-        shape[:] = [batch.prefix.shape[1] + batch.target.shape[1] - 1]
-        with autocast():
-            loss = system.objective(backbone, batch.prefix, batch.target).loss
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    # Warm-up outside the timing: the first steps allocate (and, compiled, compile); median of per-step times.
-    seconds = timed(step, args.steps, sync, warmup=3)
+    step, shape = training_step(system, data, device, args, dtype, autocast)
+    if args.versus:
+        try:
+            other, other_data = build(args.config, [*args.overrides, f"--model.objective={args.versus}"])
+        except Exception as err:
+            cause = user_error(err)
+            if cause is None:
+                raise
+            print("error: --versus: " + " ".join(str(cause).split()), file=sys.stderr)
+            return 2
+        other_step, _ = training_step(other, other_data, device, args, dtype, autocast)
+        # Interleaved rounds, so that a slower stretch of a shared machine hits both alike.
+        rounds: dict[str, list[float]] = {"own": [], "versus": []}
+        for fn in (step, other_step):
+            timed(fn, 1, sync, warmup=3)
+        for _ in range(4):
+            rounds["own"].append(timed(step, max(1, args.steps // 4), sync, warmup=0))
+            rounds["versus"].append(timed(other_step, max(1, args.steps // 4), sync, warmup=0))
+        seconds, versus = statistics.median(rounds["own"]), statistics.median(rounds["versus"])
+    else:
+        # Warm-up outside the timing: the first steps allocate (and, compiled, compile); median of per-step times.
+        seconds = timed(step, args.steps, sync, warmup=3)
     tokens = data.batch_size * shape[0]  # input tokens of a step
     print(f"train         batch {data.batch_size:>6}: {seconds * 1e3:>9.1f} ms/step  {data.batch_size / seconds:>10,.0f} "
           f"samples/s  {tokens / seconds:>12,.0f} tokens/s")
+    if args.versus:
+        print(f"train versus  {args.versus.rsplit('.', 1)[-1]}: {versus * 1e3:.1f} ms/step; "
+              f"{type(system.objective).__name__} / {args.versus.rsplit('.', 1)[-1]} = {seconds / versus:.2f}x")
     if cuda:
         achieved = model_flops_per_token(system, shape[0]) * tokens / seconds
         print(f"model FLOP/s  {achieved / 1e12:.1f} TFLOP/s = {100 * achieved / (args.peak_tflops * 1e12):.1f}% "
@@ -151,6 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # "tf + free": what validation and test run, the teacher-forced pass and free-running decoding together
     # (TeacherForcing reuses the teacher-forced pass as the decoding's prefill).
     system.eval()
+    codec = system.codec
     graphs = (torch.from_numpy(a).to(device) for a in task.sample(np.random.default_rng(1), args.eval_graphs))
     batches = list(zip(*(g.split(data.eval_batch_size) for g in graphs)))
     objective = system.objective

@@ -26,25 +26,35 @@ def _stopped(out: torch.Tensor, t: int, stop: Optional[int]) -> bool:
     return True
 
 
+Readout = Callable[[torch.Tensor], torch.Tensor]  # hidden states (..., D) -> logits (..., V)
+
+
 @torch.no_grad()
 def greedy_decode(
-    backbone: Backbone, prefix: torch.Tensor, steps: int, use_cache: bool = True, stop: Optional[int] = None
+    backbone: Backbone,
+    prefix: torch.Tensor,
+    steps: int,
+    use_cache: bool = True,
+    stop: Optional[int] = None,
+    readout: Optional[Readout] = None,
 ) -> torch.Tensor:
     """Append up to ``steps`` argmax tokens to ``prefix`` (B, P); returns only the new tokens (B, steps).
 
     The cached path runs the prefix once and then one token per step against the backbone's cache
     (KV cache for GPT, recurrent state for Mamba); ``use_cache=False`` is the plain reference. With ``stop``
-    (an end token), decoding ends once every row has emitted it (see :func:`_stopped`).
+    (an end token), decoding ends once every row has emitted it (see :func:`_stopped`). ``readout`` turns
+    hidden states into logits (default the backbone's unembedding; the Belief State Transformer's text head).
     """
     B, P = prefix.shape
+    readout = backbone.unembed if readout is None else readout
     if use_cache:
         cache = backbone.new_cache(B, P + steps - 1)
         hidden = backbone(prefix, cache, output_from=P - 1)  # (B, 1, D): only the last position is read
-        return continue_greedy(backbone, cache, backbone.unembed(hidden[:, -1]), steps, stop)
+        return continue_greedy(backbone, cache, readout(hidden[:, -1]), steps, stop, readout)
     out = prefix.new_empty(B, steps)
     seq = prefix
     for t in range(steps):
-        out[:, t] = backbone.unembed(backbone(seq, output_from=seq.shape[1] - 1)[:, -1]).argmax(-1)
+        out[:, t] = readout(backbone(seq, output_from=seq.shape[1] - 1)[:, -1]).argmax(-1)
         if _stopped(out, t, stop):
             break
         seq = torch.cat([prefix, out[:, : t + 1]], dim=1)
@@ -53,19 +63,25 @@ def greedy_decode(
 
 @torch.no_grad()
 def continue_greedy(
-    backbone: Backbone, cache: Any, logits: torch.Tensor, steps: int, stop: Optional[int] = None
+    backbone: Backbone,
+    cache: Any,
+    logits: torch.Tensor,
+    steps: int,
+    stop: Optional[int] = None,
+    readout: Optional[Readout] = None,
 ) -> torch.Tensor:
     """Greedy tokens (B, steps) from a cache that holds the prefix and the logits (B, V) that follow it.
 
     Whatever filled the cache (a prefill, or a teacher-forced pass rewound to the prefix) is not repeated.
     """
+    readout = backbone.unembed if readout is None else readout
     out = logits.new_empty(logits.shape[0], steps, dtype=torch.long)
     for t in range(steps):
         out[:, t] = logits.argmax(-1)
         if _stopped(out, t, stop):
             break
         if t + 1 < steps:
-            logits = backbone.unembed(backbone(out[:, t : t + 1], cache)[:, -1])  # (B, V)
+            logits = readout(backbone(out[:, t : t + 1], cache)[:, -1])  # (B, V)
     return out
 
 

@@ -10,6 +10,7 @@ answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``,
 ``free/pos_{i}``, ``tf/pos_{i}``, ``decision_acc``, ``chance``, ``tf/decision_acc``, ``tf/non_decision_acc``,
 ``edge_follow_rate``, ``valid_path_rate``, ``reaches_goal_rate``), then the task's own diagnostics (path-star:
 ``tf/pos_ge3``, ``wrong_arm_rate``) and the objective's; ``train_eval/...`` for the optional training sample.
+The ``tf/*`` tags are logged only for objectives with a teacher-forced pass (``Objective.teacher_forced``).
 """
 
 from __future__ import annotations
@@ -148,8 +149,9 @@ class GraphSystem(pl.LightningModule):
         )
         free, free_len, well_formed = self.codec.generated_nodes(generated)
         tf = self.codec.teacher_forced_nodes(out.logits.argmax(-1), encoded, target)
-        # {stage}/loss is the next-token cross-entropy of the teacher-forced logits, whatever the objective
-        # trains on (a multi-head sum is not comparable across objectives); it equals out.loss for TF.
+        # {stage}/loss is the next-token cross-entropy of the evaluation logits, whatever the objective trains
+        # on (a multi-head sum is not comparable across objectives): teacher-forced where the objective has
+        # such a pass (it equals out.loss for TF), else what its logits are (see each objective's docstring).
         tf_loss = target_cross_entropy(out.logits, encoded.target)
         read = read_answers(self.task, self.hparams.reverse, prefix, target, free, tf, free_len, well_formed)
         self.metrics[stage].update(read, tf_loss, (encoded.target != IGNORE_INDEX).sum())
@@ -174,6 +176,8 @@ class GraphSystem(pl.LightningModule):
                 warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method")
                 values = metric.compute()  # already reduced across ranks
             for name, value in values.items():
+                if name.startswith("tf/") and not self.objective.teacher_forced:
+                    continue  # no teacher-forced pass: these would not mean what their name says
                 self.log(f"{stage}/{name}", value, prog_bar=name == "exact_match" and stage != "train_eval")
             metric.reset()
 

@@ -61,6 +61,13 @@ BAD_VALUES = [
     ([*MAMBA, "--model.backbone.init_args.dt_max=0.0001"], "model.backbone.init_args.dt_max=0.0001"),
     ([*MTP, "--model.objective.init_args.k=0"], "model.objective.init_args.k=0"),
     ([*MTP, "--model.objective.init_args.k=9"], "model.objective.init_args.k=9"),  # path_len is 4
+    (["--model.objective=nfl.objectives.BeliefState", "--model.objective.init_args.min_gap=1"],
+     "model.objective.init_args.min_gap=1"),
+    (["--model.objective=nfl.objectives.NextLat", "--model.objective.init_args.horizon=0"],
+     "model.objective.init_args.horizon=0"),
+    (["--model.objective=nfl.objectives.MaskedDiffusion", "--model.objective.init_args.steps=0"],
+     "model.objective.init_args.steps=0"),
+    ([*MAMBA, "--model.objective=nfl.objectives.MaskedDiffusion"], "MaskedDiffusion needs bidirectional attention"),
     ([*MTP, "--model.objective.init_args.head_weights=[1]"], "model.objective.init_args.head_weights=[1.0]"),
     ([*MTP, "--model.objective.init_args.head_weights=[-1,1]"], "model.objective.init_args.head_weights[0]=-1.0"),
     (["--trainer.max_steps=0"], "trainer.max_steps=0"),

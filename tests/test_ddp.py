@@ -20,11 +20,13 @@ data:
 """
 
 
-@pytest.mark.parametrize("task", ["path_star", "varied"])
+@pytest.mark.parametrize("task", ["path_star", "varied", "belief_state"])
 def test_two_process_ddp_splits_data_and_reduces_metrics_exactly(task, tiny_config, tmp_path, run_cli):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # 65 held-out graphs: an uneven split (33 + 32) that padding or duplication would get wrong.
     common = ["--config", str(tiny_config), "--data.init_args.n_test", "65", "--data.init_args.eval_batch_size", "16"]
+    if task == "belief_state":  # the backbone contract's extension: a spawned second encoder sharing the embedding
+        common += ["--model.objective", "nfl.objectives.BeliefState"]
     if task == "varied":  # answers of several lengths: positions some rows lack, end tokens, padding
         (tmp_path / "varied.yaml").write_text(VARIED_TASK)
         common[2:2] = ["--config", str(tmp_path / "varied.yaml")]

@@ -21,6 +21,11 @@ OBJECTIVES = {
     "teacherless": "nfl.objectives.Teacherless",
     "mtp": {"class_path": "nfl.objectives.MultiTokenHeads", "init_args": {"k": 2, "speculative": True}},
 }
+PLANNING = {  # objectives beyond one causal pass; on Mamba in tests/test_planning_objectives.py
+    "bst": "nfl.objectives.BeliefState",
+    "nextlat": "nfl.objectives.NextLat",
+    "mdm": "nfl.objectives.MaskedDiffusion",
+}
 BACKBONES = {
     "gpt": {"class_path": "nfl.models.GPT", "init_args": {"n_layer": 1, "d_model": 16, "n_head": 2}},
     "mamba": {"class_path": "nfl.models.Mamba", "init_args": {"n_layer": 1, "d_model": 16}},
@@ -43,9 +48,11 @@ def step(run_cli, path):
     cli = run_cli("fit", "--config", path, "--trainer.fast_dev_run", "1", "--trainer.enable_progress_bar", "false")
     metrics = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 1
-    for tag in ("val/exact_match", "val/free/pos_1", "val/tf/pos_1", "val/valid_path_rate", "val/reaches_goal_rate",
+    for tag in ("val/exact_match", "val/free/pos_1", "val/valid_path_rate", "val/reaches_goal_rate",
                 "val/edge_follow_rate", "val/loss"):
         assert tag in metrics, tag
+    # tf/* only where the objective has a teacher-forced pass (teacherless has none)
+    assert ("val/tf/pos_1" in metrics) == cli.model.objective.teacher_forced
     return metrics
 
 
@@ -54,6 +61,14 @@ def step(run_cli, path):
 @pytest.mark.parametrize("task", list(TASKS))
 def test_one_step_of_every_task_objective_and_backbone(task, objective, backbone, run_cli, tmp_path):
     step(run_cli, config(tmp_path, TASKS[task], OBJECTIVES[objective], BACKBONES[backbone]))
+
+
+@pytest.mark.parametrize("objective", list(PLANNING))
+@pytest.mark.parametrize("task", list(TASKS))
+def test_one_step_of_every_task_with_the_planning_objectives(task, objective, run_cli, tmp_path):
+    metrics = step(run_cli, config(tmp_path, TASKS[task], PLANNING[objective], BACKBONES["gpt"]))
+    if objective == "mdm":
+        assert "val/mdm/denoise_pos_1" in metrics and "val/mdm/steps" in metrics
 
 
 @pytest.mark.parametrize("task", list(TASKS))

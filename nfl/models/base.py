@@ -19,6 +19,23 @@ tokens (:class:`~nfl.data.codec.NumeralCodec`); a pretrained model reads its tok
 outputs at the answer positions, and decoding needs the last one. Earlier positions still condition them; a
 backbone may skip work it does not need for them (GPT skips the last layer's queries and MLP), or compute
 everything and slice.
+
+Beyond the plain causal call (which every backbone supports and whose behaviour never changes), objectives
+that are not left-to-right next-token predictors may ask for more; a backbone that cannot do it raises
+:class:`~nfl.errors.UserInputError` naming what it lacks, and an objective checks up front with
+:meth:`Backbone.require`:
+
+- ``attention="bidirectional"`` (every position attends to every other; masked diffusion), where the class
+  lists it in ``attention_modes``;
+- ``attention_mask``: a bool (T, T) or (B, T, T) tensor, True where query ``i`` may read key ``j``, combined
+  (and) with the mode's own mask (registers, which no later token may read), where ``supports_attention_mask``;
+- ``position_ids``: (T,) or (B, T) positions replacing ``0..T-1`` (registers share their target's position),
+  where ``supports_position_ids``.
+
+A second encoder of the same class and size (the Belief State Transformer's backward encoder) comes from
+``backbone.spawn()``, freshly initialised from the same options; ``spawn().share_token_embedding(backbone)``
+makes it read the same token embedding, which ``backbone.token_embedding`` exposes. Reading right to left is
+feeding it reversed rows (:func:`nfl.objectives.base.reversed_rows`).
 """
 
 from __future__ import annotations
@@ -29,7 +46,10 @@ import torch
 from torch import nn
 
 from nfl.data.codec import NumeralCodec
+from nfl.errors import UserInputError
 from nfl.tasks.base import GraphTask
+
+ATTENTION_MODES = ("causal", "bidirectional")
 
 
 class Backbone(nn.Module):
@@ -38,10 +58,70 @@ class Backbone(nn.Module):
     vocab_size: int
     max_seq_len: int
     d_model: int
+    attention_modes: tuple[str, ...] = ("causal",)  # the ``attention`` values forward accepts
+    supports_attention_mask: bool = False
+    supports_position_ids: bool = False
 
-    def forward(self, idx: torch.Tensor, cache: Optional[Any] = None, output_from: int = 0) -> torch.Tensor:
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Backbone":
+        # The constructor's arguments, so that spawn() can build another backbone from the same options.
+        obj = super().__new__(cls)
+        object.__setattr__(obj, "_init_args", (args, kwargs))
+        return obj
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: Optional[Any] = None,
+        output_from: int = 0,
+        *,
+        attention: str = "causal",
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """(B, T) token ids -> (B, T - output_from, D) hidden states."""
         raise NotImplementedError
+
+    def require(
+        self, who: str, attention: str = "causal", attention_mask: bool = False, position_ids: bool = False
+    ) -> None:
+        """Refuse, in one line naming ``who`` needs it, a call this backbone cannot make."""
+        name = type(self).__name__
+        lacks = []
+        if attention not in self.attention_modes:
+            lacks.append(f"{attention} attention (it has {', '.join(self.attention_modes)} only)")
+        if attention_mask and not self.supports_attention_mask:
+            lacks.append("an attention mask")
+        if position_ids and not self.supports_position_ids:
+            lacks.append("position ids")
+        if lacks:
+            capable = [b for b in ("GPT",) if b != name]
+            raise UserInputError(
+                f"{who} needs {' and '.join(lacks)}, which {name} does not offer; use "
+                f"{' or '.join('nfl.models.' + b for b in capable) or 'another backbone'}."
+            )
+
+    def _plain_call_only(
+        self, attention: str, attention_mask: Optional[torch.Tensor], position_ids: Optional[torch.Tensor]
+    ) -> None:
+        """For backbones that offer only the plain causal call: refuse anything else in one line."""
+        self.require(
+            "this call", attention, attention_mask is not None, position_ids is not None
+        )
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The input token embedding (tied to the unembedding in nfl's own backbones)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its token embedding")
+
+    def share_token_embedding(self, source: "Backbone") -> "Backbone":
+        """Read ``source``'s token embedding (the same parameters, trained by both); returns self."""
+        raise NotImplementedError(f"{type(self).__name__} cannot share a token embedding")
+
+    def spawn(self) -> "Backbone":
+        """A new backbone of this class built from the same options (vocabulary, length, size), freshly
+        initialised: a second encoder that matches this one."""
+        args, kwargs = self._init_args
+        return type(self)(*args, **kwargs)
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)
         raise NotImplementedError

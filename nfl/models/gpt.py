@@ -45,9 +45,19 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(
-        self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0, q_from: int = 0
+        self,
+        x: torch.Tensor,
+        cache: Optional[KVCache] = None,
+        layer: int = 0,
+        q_from: int = 0,
+        causal: bool = True,
+        allowed: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Attention output for positions ``q_from..T-1`` of ``x`` (B, T, D); keys and values come from all of them."""
+        """Attention output for positions ``q_from..T-1`` of ``x`` (B, T, D); keys and values come from all of them.
+
+        ``causal=False`` lets every query read every key; ``allowed`` (bool (T, T) or (B, T, T), True where a
+        query may read a key) restricts either mode further (no cache then).
+        """
         B, T, C = x.shape
         Tq, hd = T - q_from, C // self.n_head
         if q_from:  # queries only where outputs are wanted: saves a third of this projection
@@ -65,10 +75,17 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.k[layer][:, :, : past + T], cache.v[layer][:, :, : past + T]  # (B, H, past+T, hd)
         # Query i sits at absolute position offset + i and sees keys 0..offset + i.
         offset, mask = past + q_from, None
-        if offset and Tq > 1:
+        if allowed is not None:
+            mask = allowed[..., q_from:, :]  # (Tq, T) or (B, Tq, T)
+            if causal:
+                mask = mask & torch.ones(Tq, T, dtype=torch.bool, device=x.device).tril(diagonal=offset)
+            if mask.dim() == 3:
+                mask = mask[:, None]  # (B, 1, Tq, T): the same for every head
+        elif causal and offset and Tq > 1:
             mask = torch.ones(Tq, past + T, dtype=torch.bool, device=x.device).tril(diagonal=offset)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=offset == 0, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=causal and offset == 0 and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.proj(y.transpose(1, 2).reshape(B, Tq, C))  # (B, Tq, D)
 
@@ -86,13 +103,21 @@ class Block(nn.Module):
             nn.Dropout(dropout),
         )
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0, q_from: int = 0) -> torch.Tensor:
-        x = x[:, q_from:] + self.attn(self.ln_1(x), cache, layer, q_from)  # (B, T - q_from, D)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: Optional[KVCache] = None,
+        layer: int = 0,
+        q_from: int = 0,
+        causal: bool = True,
+        allowed: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        x = x[:, q_from:] + self.attn(self.ln_1(x), cache, layer, q_from, causal, allowed)  # (B, T - q_from, D)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(Backbone):
-    """Decoder-only Transformer.
+    """Decoder-only Transformer; also bidirectional (``attention="bidirectional"``) for objectives that need it.
 
     Args:
         vocab_size: token ids are ``0..vocab_size-1`` (linked from the data).
@@ -103,6 +128,10 @@ class GPT(Backbone):
         dropout: dropout on attention weights, MLP output and embeddings.
         bias: biases in linear layers and LayerNorms.
     """
+
+    attention_modes = ("causal", "bidirectional")
+    supports_attention_mask = True
+    supports_position_ids = True
 
     def __init__(
         self,
@@ -145,16 +174,35 @@ class GPT(Backbone):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, output_from: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: Optional[KVCache] = None,
+        output_from: int = 0,
+        *,
+        attention: str = "causal",
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         B, T = idx.shape
         start = 0 if cache is None else cache.pos
         if start + T > self.max_seq_len:
             raise ValueError(f"GPT: sequence of {start + T} tokens exceeds max_seq_len={self.max_seq_len}.")
-        pos = torch.arange(start, start + T, device=idx.device)
+        if attention not in self.attention_modes:
+            raise ValueError(f"GPT: attention must be one of {self.attention_modes}, not {attention!r}.")
+        if cache is not None and (attention != "causal" or attention_mask is not None):
+            raise ValueError("GPT: a cache decodes left to right; bidirectional attention and masks need cache=None.")
+        if position_ids is None:
+            pos = torch.arange(start, start + T, device=idx.device)
+        else:
+            pos = position_ids
+            if bool((pos < 0).any()) or bool((pos >= self.max_seq_len).any()):
+                raise ValueError(f"GPT: position ids must lie in 0..{self.max_seq_len - 1} (max_seq_len).")
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, D)
+        causal = attention == "causal"
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):  # only the last block can skip positions nobody reads
-            x = block(x, cache, i, output_from if i == last else 0)
+            x = block(x, cache, i, output_from if i == last else 0, causal, attention_mask)
         if cache is not None:
             cache.pos += T
         if not self.blocks:
@@ -163,6 +211,14 @@ class GPT(Backbone):
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.tok_emb.weight)  # tied: (..., V)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.tok_emb
+
+    def share_token_embedding(self, source: Backbone) -> "GPT":
+        self.tok_emb = source.token_embedding  # the unembedding is tied to it, so that is shared too
+        return self
 
     def rewind_cache(self, cache: KVCache, pos: int) -> bool:
         cache.rewind(pos)

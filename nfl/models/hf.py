@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 import torch
+from torch import nn
 
 from nfl.data.codec import TextCodec
 from nfl.errors import OptionError, UserInputError, require
@@ -188,7 +189,18 @@ class HFCausalLM(Backbone):
         """1 from each row's first non-pad token on: only a leading run of ``pad_id`` is padding."""
         return (idx != self.pad_id).long().cummax(dim=1).values  # (B, T)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[HFCache] = None, output_from: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: Optional[HFCache] = None,
+        output_from: int = 0,
+        *,
+        attention: str = "causal",
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        # The positions and mask are the left padding's; a pretrained causal model is read left to right only.
+        self._plain_call_only(attention, attention_mask, position_ids)
         if cache is None or cache.mask is None:
             mask = self._padding_mask(idx)
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, T): 0 at each row's first real token
@@ -205,6 +217,14 @@ class HFCausalLM(Backbone):
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.get_output_embeddings()(hidden)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.lm.get_input_embeddings()
+
+    def share_token_embedding(self, source: Backbone) -> "HFCausalLM":
+        self.lm.set_input_embeddings(source.token_embedding)
+        return self
 
     def new_cache(self, batch_size: int, max_len: int) -> HFCache:
         return HFCache(_transformers().DynamicCache(config=self.lm.config))

@@ -231,7 +231,17 @@ class Mamba(Backbone):
             with torch.no_grad():
                 block.mixer.out_proj.weight /= math.sqrt(self.n_layer)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[MambaCache] = None, output_from: int = 0) -> torch.Tensor:
+    def forward(
+        self,
+        idx: torch.Tensor,
+        cache: Optional[MambaCache] = None,
+        output_from: int = 0,
+        *,
+        attention: str = "causal",
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        self._plain_call_only(attention, attention_mask, position_ids)  # a recurrence reads left to right only
         x = self.embedding(idx)  # (B, T, D)
         for i, block in enumerate(self.layers):
             x = block(x, self.kernels, self.scan, cache, i)
@@ -242,6 +252,14 @@ class Mamba(Backbone):
 
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.linear(hidden, self.embedding.weight)  # tied: (..., V)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.embedding
+
+    def share_token_embedding(self, source: Backbone) -> "Mamba":
+        self.embedding = source.token_embedding  # tied to the unembedding, so that is shared too
+        return self
 
     def fork_cache(self, cache: MambaCache) -> MambaCache:
         """A copy of the recurrent state: (d_conv - 1 + d_state) * d_inner numbers a row and layer."""

@@ -37,8 +37,15 @@ class Reservation:
 
 
 class Objective(nn.Module):
-    """Base class of training objectives."""
+    """Base class of training objectives.
 
+    ``teacher_forced`` says whether :meth:`evaluate`'s logits are a true teacher-forced pass: position ``i``'s
+    prediction made with the data's answer tokens before ``i`` as input. Only then does the system log the
+    ``tf/*`` tags; an objective whose logits come from another input (teacherless dummies, a masked answer)
+    sets it False and logs what its logits mean under its own names.
+    """
+
+    teacher_forced: bool = True
     task: GraphTask
     token_ids: dict[str, int]  # the ids of :meth:`reserve`'s tokens, set by the system before :meth:`bind`
 
@@ -90,6 +97,35 @@ class Objective(nn.Module):
         """Logits (B, l, V) at the ``l`` positions that predict the target: the ``=`` and the ``l-1`` after it."""
         hidden = backbone(inputs, output_from=prefix_len - 1)  # (B, l, D)
         return backbone.unembed(hidden)
+
+
+def reversed_rows(tokens: torch.Tensor, lengths: torch.Tensor, fill: int = 0) -> torch.Tensor:
+    """Each row's first ``lengths[b]`` tokens in reverse order, left-aligned, ``fill`` after them: (B, T) -> (B, T).
+
+    What a backward encoder reads: position ``k`` of the result is token ``lengths[b] - 1 - k`` of the row.
+    """
+    T = tokens.shape[1]
+    k = torch.arange(T, device=tokens.device)
+    src = lengths[:, None] - 1 - k[None, :]  # (B, T)
+    out = tokens.gather(1, src.clamp(min=0))
+    return out.masked_fill(src < 0, fill)
+
+
+class _Unembedding(nn.Module):
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.backbone.unembed(hidden)
+
+
+def frozen_unembed(backbone: Backbone, hidden: torch.Tensor) -> torch.Tensor:
+    """``backbone.unembed(hidden)`` with the backbone's parameters frozen: gradient reaches ``hidden`` only."""
+    backbone = getattr(backbone, "_orig_mod", backbone)  # a torch.compile view: its parameters are the module's
+    wrapper = _Unembedding(backbone)
+    frozen = {name: p.detach() for name, p in wrapper.named_parameters(remove_duplicate=False)}
+    return torch.func.functional_call(wrapper, frozen, (hidden,), tie_weights=False)
 
 
 def fed_back(target: torch.Tensor) -> torch.Tensor:

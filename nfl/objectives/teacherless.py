@@ -20,7 +20,12 @@ class Teacherless(Objective):
 
     With a pretrained tokenizer the answer is several tokens per node; every answer token is then a dummy in
     the input (as in the reference code), and decoding reads a fixed token budget in one pass.
+
+    Its logits never see the answer, so there is no teacher-forced pass: the ``tf/*`` tags are not logged
+    (they would repeat ``free/*``), and ``{stage}/loss`` is the cross-entropy of its one-pass prediction.
     """
+
+    teacher_forced = False
 
     def inputs(self, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.with_dummies(prefix, target.shape[1])  # the answer's values are never read
