@@ -8,8 +8,11 @@ Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events, se
   the run's saved ``config.yaml``), the chance line, and a plain verdict (``solved``, ``beats chance, not
   solved``, ``at chance``, ``below chance: not learned``);
 - ``<setting>.png``: validation accuracy per position over training, free-running (left) beside
-  teacher-forced (right), averaged over seeds, with the chance line: the Clever-Hans gap, and the order in
-  which positions are learned.
+  teacher-forced (right; masked diffusion: one-step denoising; nothing for teacherless, which has no
+  teacher-forced pass), averaged over seeds, with the chance line: the Clever-Hans gap, and the order in
+  which positions are learned;
+- ``exact_match.png``: validation exact match over training, one line per setting, mean over seeds with a
+  min-to-max band: the learning curves side by side.
 """
 
 from __future__ import annotations
@@ -158,7 +161,9 @@ def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str
             f"| {r['setting']} | {r['seeds']} | {cells} | {chance} | {r['verdict']} | "
             f"{r['wall_seconds_mean']:.0f} s |"
         )
-    lines += ["", "Per-position validation accuracy over training (left: free-running, right: teacher-forced):", ""]
+    lines += ["", "Validation exact match over training, every setting:", "", f"![exact match]({EXACT_PLOT})"]
+    lines += ["", "Per-position validation accuracy over training (left: free-running; right: teacher-forced, or",
+              "masked diffusion's one-step denoising from a fully masked answer):", ""]
     lines += [f"![{r['setting']}]({plot_name(r['setting'])})" for r in rows]
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -180,9 +185,20 @@ def plot_setting(setting: str, members: list[dict], out: str) -> str:
     exact = statistics.fmean(s["test/exact_match"][-1][1] for s in scalars)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     cmap = plt.get_cmap("viridis")
-    for ax, (kind, label) in zip(axes, (("free", "free-running"), ("tf", "teacher-forced"))):
+    # The right panel: teacher-forced accuracy where the objective has such a pass, else masked diffusion's
+    # one-step denoising accuracy, else nothing (teacherless: its one pass is the left panel).
+    right = next(((kind, label) for kind, label in (("tf/pos", "teacher-forced"), ("mdm/denoise_pos", "one-step denoising"))
+                  if any(t.startswith(f"val/{kind}_") for t in scalars[0])), None)
+    for ax, panel in zip(axes, (("free/pos", "free-running"), right)):
+        if panel is None:
+            ax.text(0.5, 0.5, "no teacher-forced pass", ha="center", va="center", transform=ax.transAxes)
+            ax.set(xlabel="training step", ylim=(-0.02, 1.02))
+            continue
+        kind, label = panel
         for i, pos in enumerate(positions):
-            series = [dict(s[f"val/{kind}/pos_{pos}"]) for s in scalars if f"val/{kind}/pos_{pos}" in s]
+            series = [dict(s[f"val/{kind}_{pos}"]) for s in scalars if f"val/{kind}_{pos}" in s]
+            if not series:
+                continue
             steps = sorted(set.intersection(*(set(s) for s in series)))
             mean = [statistics.fmean(s[step] for s in series) for step in steps]
             # Later positions are drawn thinner on top, so lines that coincide stay visible.
@@ -193,10 +209,39 @@ def plot_setting(setting: str, members: list[dict], out: str) -> str:
         ax.set(xlabel="training step", title=f"{label} accuracy per position", ylim=(-0.02, 1.02))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy")
-    axes[1].legend(fontsize=8, loc="lower right")
+    if right is not None:
+        axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{setting}: test exact match {100 * exact:.1f}% (mean of {len(members)} seeds)")
     fig.tight_layout()
     path = os.path.join(out, plot_name(setting))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+EXACT_PLOT = "exact_match.png"
+
+
+def plot_exact_match(groups: dict[str, list[dict]], out: str) -> str:
+    """Validation exact match over training, one line per setting (mean over its seeds, band: min to max)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for setting, members in groups.items():
+        series = [dict(r["scalars"]["val/exact_match"]) for r in members]
+        steps = sorted(set.intersection(*(set(s) for s in series)))
+        values = [[s[step] for s in series] for step in steps]
+        ax.plot(steps, [statistics.fmean(v) for v in values], "o-", markersize=3, label=setting)
+        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
+    ax.set(xlabel="training step", ylabel="validation exact match", ylim=(-0.02, 1.02),
+           title="exact match over training (mean over seeds; band: min to max)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = os.path.join(out, EXACT_PLOT)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -227,7 +272,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         groups[",".join(f"{k}={v}" for k, v in run["settings"].items())].append(run)
     for setting, members in groups.items():
         plot_setting(setting, members, args.out)
-    print(f"wrote {args.out}/results.md, results.csv and {len(groups)} plots from {len(runs)} runs")
+    plot_exact_match(groups, args.out)
+    print(f"wrote {args.out}/results.md, results.csv, {EXACT_PLOT} and {len(groups)} plots from {len(runs)} runs")
     return 0
 
 

@@ -73,6 +73,28 @@ def test_sweep_runs_each_combination_then_reports(sweep_file, tmp_path, capsys):
     assert all((p / DONE).is_file() for p in folders(tmp_path).values())
 
 
+def test_the_report_plots_objectives_without_a_teacher_forced_pass(tmp_path, tiny_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "mixed.yaml"
+    sweep.write_text(SWEEP.format(base=tiny_config).replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "    reverse: {data.init_args.reverse: true}",
+        "    teacherless: {model.objective: nfl.objectives.Teacherless}\n"
+        "    mdm: {model.objective: nfl.objectives.MaskedDiffusion}"))
+    assert sweep_main(["--config", str(sweep)]) == 0
+    out = tmp_path / "docs"
+    assert report_main(["--sweep", str(tmp_path / "lightning_logs" / "tiny"), "--out", str(out)]) == 0
+    with open(out / "results.csv") as f:
+        rows = {r["setting"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"objective=tf", "objective=teacherless", "objective=mdm"}
+    assert rows["objective=tf"]["tf_decision_acc_mean"] != "nan"
+    for setting in ("objective=teacherless", "objective=mdm"):  # no teacher-forced pass: no tf column value
+        assert rows[setting]["tf_decision_acc_mean"] == "nan" and rows[setting]["tf_pos_ge3_mean"] == "nan"
+    markdown = (out / "results.md").read_text()
+    assert "| objective=mdm | 1 |" in markdown and "![exact match](exact_match.png)" in markdown
+    for png in ["exact_match.png", *(f"{s}.png" for s in rows)]:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
+
+
 def test_a_sweep_resumes_from_the_newest_checkpoint_that_loads(tmp_path, tiny_config, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "one.yaml"
