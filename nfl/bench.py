@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from nfl.cli import NFLCLI, user_error
+from nfl.cli import NFLCLI, parse_error_line, user_error
 from nfl.data.datamodule import TaskDataModule
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise
@@ -40,10 +40,28 @@ def build(config: str, overrides: Sequence[str]) -> tuple[GraphSystem, TaskDataM
         cli = NFLCLI(
             GraphSystem, TaskDataModule, subclass_mode_data=True, run=False,
             args=["--config", config, *overrides], save_config_callback=None,
+            parser_kwargs={"exit_on_error": False},
         )
     finally:
         sys.argv = argv
     return cli.model, cli.datamodule
+
+
+def build_or_report(
+    config: str, overrides: Sequence[str], context: str = ""
+) -> Optional[tuple[GraphSystem, TaskDataModule]]:
+    """:func:`build`, or None after printing a user's mistake as one ``error:`` line."""
+    try:
+        return build(config, overrides)
+    except argparse.ArgumentError as err:  # a misspelt option or class, as python -m nfl reports it
+        print(f"error: {context}{parse_error_line(str(err))}", file=sys.stderr)
+        return None
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"error: {context}" + " ".join(str(cause).split()), file=sys.stderr)
+        return None
 
 
 def timed(fn, repeats: int, sync, warmup: int = 1) -> float:
@@ -111,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--versus", metavar="OBJECTIVE", help="also time training steps with this objective "
                         "(a class path, e.g. nfl.objectives.TeacherForcing) and print the step-time ratio")
     parser.add_argument("overrides", nargs="*", help="extra CLI overrides, e.g. --data.init_args.batch_size=64")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # CLI overrides such as --model.lr=1e-3 pass through
+    args.overrides = [*args.overrides, *extra]
     for name in ("steps", "eval_graphs", "repeats"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.", file=sys.stderr)
@@ -119,14 +138,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     keep_freed_memory()  # as python -m nfl does
     silence_dependency_noise()
 
-    try:
-        system, data = build(args.config, args.overrides)
-    except Exception as err:
-        cause = user_error(err)
-        if cause is None:
-            raise
-        print("error: " + " ".join(str(cause).split()), file=sys.stderr)
+    built = build_or_report(args.config, args.overrides)
+    if built is None:
         return 2
+    system, data = built
     task, device = system.task, torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -149,14 +164,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.cuda.reset_peak_memory_stats()
     step, shape = training_step(system, data, device, args, dtype, autocast)
     if args.versus:
-        try:
-            other, other_data = build(args.config, [*args.overrides, f"--model.objective={args.versus}"])
-        except Exception as err:
-            cause = user_error(err)
-            if cause is None:
-                raise
-            print("error: --versus: " + " ".join(str(cause).split()), file=sys.stderr)
+        built = build_or_report(args.config, [*args.overrides, f"--model.objective={args.versus}"], "--versus: ")
+        if built is None:
             return 2
+        other, other_data = built
         other_step, _ = training_step(other, other_data, device, args, dtype, autocast)
         # Interleaved rounds, so that a slower stretch of a shared machine hits both alike.
         rounds: dict[str, list[float]] = {"own": [], "versus": []}

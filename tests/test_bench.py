@@ -25,3 +25,17 @@ def test_bench_prints_every_figure_for_a_config(tiny_config, capsys):
     for line in ("generate      batch", "ms/step", "peak memory", "eval decode       cached", "uncached",
                  "eval    tf + free", "median of 2"):
         assert line in out, line
+
+
+def test_bench_times_an_objective_against_another_in_the_same_run(tiny_config, capsys):
+    args = ["--config", str(tiny_config), "--steps", "4", "--eval-graphs", "32", "--repeats", "1",
+            "--model.objective=nfl.objectives.BeliefState", "--versus", "nfl.objectives.TeacherForcing"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("train versus"))
+    own = float(next(l for l in out.splitlines() if l.startswith("train  ")).split("ms/step")[0].split(":")[1])
+    versus = float(line.split(": ")[1].split(" ms/step")[0])
+    ratio = float(line.rsplit("= ", 1)[1].rstrip("x"))
+    assert "BeliefState / TeacherForcing" in line and abs(ratio - own / versus) < 0.02
+    assert bench.main([*args[:-1], "nfl.objectives.NoSuchThing"]) == 2
+    assert "error: --versus:" in capsys.readouterr().err
