@@ -293,8 +293,9 @@ def test_a_few_training_steps_lower_the_loss_and_the_checkpoint_keeps_them(run_c
         ("nfl.objectives.Teacherless", []),
         ("nfl.objectives.MultiTokenHeads", ["--model.objective.init_args.k", "2"]),
         ("nfl.objectives.TeacherForcing", ["--data.init_args.reverse", "true"]),
+        ("nfl.objectives.NextLat", []),
     ],
-    ids=["teacherless", "mtp_k2", "reverse"],
+    ids=["teacherless", "mtp_k2", "reverse", "nextlat"],
 )
 def test_every_objective_trains_and_evaluates_on_a_pretrained_model(objective, extra, run_cli, hf_folders, tmp_path):
     config = hf_config(tmp_path, hf_folders["gpt_neox"], objective, steps=4)
@@ -306,6 +307,18 @@ def test_every_objective_trains_and_evaluates_on_a_pretrained_model(objective, e
     assert ("test/tf/pos_1" in scalars) == (objective != "nfl.objectives.Teacherless")  # it has no tf pass
     if objective.endswith("MultiTokenHeads"):
         assert {"train/mtp/head_2_loss", "test/mtp/head_2_acc"} <= set(scalars)
+    if objective.endswith("NextLat"):  # the dynamics model reads the pretrained model's own embedding
+        assert {"train/nextlat/latent_loss", "train/nextlat/kl"} <= set(scalars)
+
+
+@pytest.mark.parametrize("objective", ["nfl.objectives.BeliefState", "nfl.objectives.MaskedDiffusion"])
+def test_objectives_with_tokens_of_their_own_are_refused_on_a_pretrained_model(objective, run_cli, hf_folders,
+                                                                             tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", *hf_config(tmp_path, hf_folders["gpt_neox"], objective, steps=1))
+    message = str(done.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert objective.rsplit(".", 1)[1] in message and "tokenizer does not have" in message
 
 
 class RecordBatchKinds(pl.Callback):
