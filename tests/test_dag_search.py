@@ -292,3 +292,123 @@ def test_hopeless_rejection_gives_up_naming_the_option():
     task = DagSearch(distribution="naive", num_nodes=60, max_vertices=60, max_edges=2)
     with pytest.raises(InfeasibleGraphError, match="raise max_edges"):
         task.sample(np.random.default_rng(0), 50)
+
+
+# --- the balanced construction against a slow per-graph reference ---------------------------------------
+def reference_balanced(r, V, E, L):
+    """One balanced graph in vertex indices, drawn the slow way (plain Python, ``random.Random`` ``r``): the
+    construction of the package docstring with sequential weighted draws without replacement (as the
+    reference's C++ draws them, no exponential races) and descendants by depth-first search."""
+    look = r.randint(1, L)
+    B = r.randint(2, min((E - 1) // look, (V - 1) // look))
+    n = max(min(look * B + 1 + r.randint(0, 5), V, E + 1), 1 + B * look)
+    edges = [(x - 1, x) for x in range(1, look + 1)]
+    pos = look + 1
+    for j in range(B - 1):
+        length = look + (n - pos - (B - 1 - j) * look >= 1 and r.random() < 0.5)
+        edges += [(0 if x == pos else x - 1, x) for x in range(pos, pos + length)]
+        pos += length
+    pre_end = pos + r.randint(0, n - pos)
+    edges += [(x, 0 if x == pos else x - 1) for x in range(pos, pre_end)]
+    in_deg, out_deg, children = [0] * n, [0] * n, [[] for _ in range(n)]
+    for u, v in edges:
+        out_deg[u] += 1
+        in_deg[v] += 1
+        children[u].append(v)
+
+    def draw(items, weights, k):
+        items, weights, out = list(items), list(weights), []
+        for _ in range(k):
+            t, acc = r.random() * sum(weights), 0.0
+            i = 0
+            while i < len(items) - 1 and acc + weights[i] <= t:
+                acc += weights[i]
+                i += 1
+            out.append(items.pop(i))
+            weights.pop(i)
+        return out
+
+    for x in range(pre_end, n):
+        c = min(r.randint(0, 3), x)
+        p = min(r.randint(1, 3) if c == 0 else r.randint(0, 3), x)
+        kids = draw(range(x), [0.5 + in_deg[u] for u in range(x)], c)
+        below, stack = set(), list(kids)
+        while stack:
+            u = stack.pop()
+            if u not in below:
+                below.add(u)
+                stack.extend(children[u])
+        others = [u for u in range(x) if u not in below]
+        parents = draw(others, [0.5 + out_deg[u] for u in others], min(p, len(others)))
+        edges += [(x, u) for u in kids] + [(u, x) for u in parents]
+        children[x] += kids
+        for u in parents:
+            children[u].append(x)
+        for u in kids:
+            in_deg[u] += 1
+        for u in parents:
+            out_deg[u] += 1
+    return edges, look
+
+
+def balanced_features(edges, look, V):
+    """Per graph: statistics that a wrong attachment rule, skeleton or shortcut would move, and the edge set."""
+    succ = {}
+    for u, v in edges:
+        succ.setdefault(u, []).append(v)
+    dist, count, queue = {0: 0}, {0: 1}, deque([0])
+    while queue:
+        u = queue.popleft()
+        for v in succ.get(u, []):
+            if v not in dist:
+                dist[v], count[v] = dist[u] + 1, count[u]
+                queue.append(v)
+            elif dist[v] == dist[u] + 1:
+                count[v] += count[u]
+    into = lambda x: sum(v == x for _, v in edges)  # noqa: E731
+    outof = lambda x: sum(u == x for u, _ in edges)  # noqa: E731
+    back = [(u, v) for u, v in edges if u > v]  # the ancestor chain's edges and the noise vertices' to children
+    n = 1 + max(max(e) for e in edges)  # every vertex has an edge
+    stats = [
+        len(edges), len(edges) - (n - 1),  # the second: noise edges less noise vertices, sum of (c + p - 1)
+        n, len(back), sum(v for _, v in back), sum(1 <= v <= look for _, v in back),  # the last: noise children
+        into(0), max(into(0) - 1, 0), outof(0), into(look), outof(look),  # beyond the chain's edge; beyond B
+        dist[look], min(count[look], 4), len(dist), look,
+    ]
+    return stats, {u * (V + 1) + v for u, v in edges}
+
+
+def test_balanced_construction_matches_a_slow_reference():
+    # Means of per-graph statistics and the frequency of every edge (u, v) in vertex indices, against the
+    # slow reference above: both the accepted graphs (at most max_edges edges) of the same law.
+    import random
+
+    V, E, L = 20, 24, 4
+    r = random.Random(0)
+    ref = []
+    while len(ref) < 20000:
+        edges, look = reference_balanced(r, V, E, L)
+        if len(edges) <= E:
+            ref.append(balanced_features(edges, look, V))
+    src, dst, start, goal = balanced_edges(np.random.default_rng(2), 20500, V, E, L, {"edges": 0})
+    ours = []
+    for i in range(len(src)):
+        on = src[i] < V
+        ours.append(balanced_features(list(zip(src[i][on].tolist(), dst[i][on].tolist())), int(goal[i]), V))
+    a = np.array([s for s, _ in ref], dtype=float)
+    b = np.array([s for s, _ in ours], dtype=float)
+    se = np.sqrt(a.var(0) / len(a) + b.var(0) / len(b))
+    z = np.abs(a.mean(0) - b.mean(0)) / np.maximum(se, 1e-12)
+    assert (z < 4.5).all(), (z.round(1), a.mean(0).round(3), b.mean(0).round(3))
+    cells = (V + 1) ** 2
+    fa = np.zeros(cells)
+    fb = np.zeros(cells)
+    for _, es in ref:
+        fa[list(es)] += 1
+    for _, es in ours:
+        fb[list(es)] += 1
+    pa, pb = fa / len(a), fb / len(b)
+    pool = (fa + fb) / (len(a) + len(b))
+    cz = np.abs(pa - pb) / np.sqrt(np.maximum(pool * (1 - pool), 1e-12) * (1 / len(a) + 1 / len(b)))
+    seen = (fa + fb) >= 10
+    assert seen.sum() > 150 and (cz[seen] < 5).all(), sorted(zip(cz[seen].round(1), np.nonzero(seen)[0]))[-5:]
