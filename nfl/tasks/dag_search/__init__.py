@@ -75,9 +75,8 @@ from typing import Literal
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
-from nfl.tasks.dag_search.graphs import balanced_edges, naive_edges, star_graphs
+from nfl.tasks.dag_search.graphs import balanced_graphs, naive_edges, random_words, star_graphs, vertex_labels
 from nfl.tasks.dag_search.search import edge_search, edge_trace_back, topo_search, topo_trace_back
-from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
 _CELLS = 1 << 22  # candidate graphs per round: at most _CELLS // V**2 (the round sizes set the random stream)
 
@@ -207,48 +206,53 @@ class DagSearch(GraphTask):
     def _draw(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         """``m`` candidate graphs; the accepted ones as label arrays (edges, query, paths, lengths).
 
-        Graphs are edge lists ``(src, dst)`` (rows, slots) in vertex indices, ``V`` (a dummy vertex) in unused
-        slots; no step of the search costs ``V * V`` per graph."""
+        Graphs are edge lists in vertex indices (``src * (V + 1) + dst`` codes, the dummy vertex ``V`` in
+        unused slots); no step of the search costs ``V * V`` per graph."""
         V, E, P = self.max_vertices, self.max_edges, self.max_path_len
-        # Both constructions drop graphs over max_edges; naive has the parents of vertex i in slots 3i..3i+2.
         if self.distribution == "naive":
+            # Naive has the parents of vertex i in slots 3i..3i+2, which the topological search reads.
             src, dst, start, goal = naive_edges(rng, m, V, E, rejected)
             depth, dist, count = topo_search(src, start, goal, V)
-        else:
-            src, dst, start, goal = balanced_edges(rng, m, V, E, self.max_lookahead, rejected)
-            depth, dist, count = edge_search(src, dst, start, goal, V)
-        reach = depth >= 1
-        short = reach & (depth + 1 <= P)
-        rejected["path"] += int((reach & ~short).sum())
-        rejected["unreachable"] += int((~reach).sum())
-        if not short.all():
-            src, dst, start, goal = src[short], dst[short], start[short], goal[short]
-            dist, count, depth = dist[short], count[short], depth[short]
-        k = len(src)
-        if self.distribution == "naive":
+            reach = depth >= 1
+            short = reach & (depth + 1 <= P)
+            rejected["path"] += int((reach & ~short).sum())
+            rejected["unreachable"] += int((~reach).sum())
+            if not short.all():
+                src, dst, start, goal = src[short], dst[short], start[short], goal[short]
+                dist, count, depth = dist[short], count[short], depth[short]
             path = topo_trace_back(rng, src, dist, count, goal, depth, P, V)
+            code = src << 6 | dst
         else:
-            path = edge_trace_back(rng, src, dst, dist, count, goal, depth, P)
-
-        labels = np.empty((k, V + 1), dtype=label_dtype(self.num_nodes))  # column V: the dummy, pad
-        labels[:, :V] = random_injection(rng, k, self.num_nodes, V, labels.dtype)
-        labels[:, V] = self.pad
-        # The edges to the last slots (unused slots first), then a uniform order of them.
-        # Codes src * (V + 1) + dst in int16 (the shuffle moves them a column at a time); every slot scatters
-        # at once, absent edges into a spare last column that is then dropped.
-        present = src < V
-        count_e = present.sum(1)
-        code = np.full((k, E + 1), V * (V + 1) + V, dtype=np.int16)  # the dummy edge
-        if k:
-            slot = np.where(present, (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1, E)
-            slot += (np.arange(k) * (E + 1))[:, None]
-            code.reshape(-1)[slot.reshape(-1)] = (src * (V + 1) + dst).reshape(-1)
-        code = np.ascontiguousarray(code[:, :E])
-        shuffle_suffix(rng, code, E - count_e)
+            # The goal chain is the answer unless a noise vertex lies on a start-goal path (graphs.balanced_graphs);
+            # only those graphs are searched. Every goal is reachable, and no answer is longer than l + 1 <= P.
+            code, goal, search = balanced_graphs(rng, m, V, E, self.max_lookahead, rejected)
+            start = np.zeros(len(code), dtype=np.int64)
+            depth = goal.copy()
+            t = np.arange(P)
+            path = np.where(t[None, :] <= goal[:, None], t[None, :], 0)
+            s = np.nonzero(search)[0]
+            if len(s):
+                c = code[s].astype(np.int64)
+                src, dst = c >> 6, c & 63
+                depth[s], dist, count = edge_search(src, dst, start[s], goal[s], V)
+                path[s] = edge_trace_back(rng, src, dst, dist, count, goal[s], depth[s], P)
+        k = len(code)
+        # Labels in vertex-major layout (column V: the dummy, pad): label of vertex x in row r at x * k + r.
+        labels = vertex_labels(rng, k, self.num_nodes, V, self.pad)
+        flat = labels.reshape(-1)
         rk = np.arange(k)
-        parents = np.take_along_axis(labels, code // (V + 1), axis=1)
-        children = np.take_along_axis(labels, code % (V + 1), axis=1)
-        return (
-            parents, children, labels[rk, start], labels[rk, goal],
-            np.take_along_axis(labels, path, axis=1), depth + 1,
-        )
+        # A uniform order of each graph's edges, after its unused slots: sort keys of a random word per slot
+        # with the edge's code (src << 6 | dst) in the low 12 bits and the top bit set (the dummy edge's key
+        # is its bare code, so unused slots sort first). Two edges of a graph tie, and keep their code order,
+        # with probability below E^2 / 2^52 per graph (1e-13 at E = 24): the one departure from uniform.
+        dummy = V << 6 | V
+        key = random_words(rng, code.shape)
+        key |= np.uint64(1 << 63)
+        key &= np.uint64(~4095 & 0xFFFFFFFFFFFFFFFF)
+        key |= code.astype(np.uint64)
+        np.copyto(key, np.uint64(dummy), where=code == dummy)
+        key.sort(axis=1)
+        key = key[:, key.shape[1] - E :].astype(np.int64)
+        parents = flat[(key >> 6 & 63) * k + rk[:, None]]
+        children = flat[(key & 63) * k + rk[:, None]]
+        return parents, children, labels[start, rk], labels[goal, rk], flat[path * k + rk[:, None]], depth + 1

@@ -13,6 +13,30 @@ import numpy as np
 from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
 
+def random_words(rng: np.random.Generator, shape) -> np.ndarray:
+    """Uniform 64-bit words (uint64) from ``rng``, whatever its bit generator's word size."""
+    return rng.integers(0, np.iinfo(np.uint64).max, size=shape, dtype=np.uint64, endpoint=True)
+
+
+def vertex_labels(rng: np.random.Generator, k: int, num_nodes: int, V: int, pad: int) -> np.ndarray:
+    """``(V + 1, k)``, vertex-major: per graph (column) a uniform random injection of its ``V`` vertices into
+    ``0..num_nodes-1`` (the first ``V`` entries of a uniform random permutation, by a partial Fisher-Yates
+    shuffle vectorised over graphs, with all its draws made at once), and ``pad`` for the dummy vertex ``V``.
+    Each step reads and writes whole rows, which the graph-major layout would stride through."""
+    dtype = label_dtype(num_nodes)
+    arr = np.empty((max(num_nodes, V + 1), k), dtype=dtype)
+    arr[:num_nodes] = np.arange(num_nodes, dtype=dtype)[:, None]
+    flat = arr.reshape(-1)
+    steps = min(V, num_nodes - 1)
+    idx = rng.integers(np.arange(steps)[:, None], num_nodes, size=(steps, k)) * k + np.arange(k)
+    for i in range(steps):
+        tmp = flat[idx[i]]
+        flat[idx[i]] = arr[i]
+        arr[i] = tmp
+    arr[V] = pad
+    return arr[: V + 1]
+
+
 def naive_edges(rng: np.random.Generator, m: int, V: int, E: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
     """Naive graphs as edge lists: vertex ``i`` gets ``min(k, i)`` parents, ``V`` slots of three. A graph
     whose goal comes before its start in the vertex order cannot reach it and is dropped before its
@@ -50,113 +74,151 @@ def naive_edges(rng: np.random.Generator, m: int, V: int, E: int, rejected: dict
     dst = np.where(present, i[None, :, None], V).reshape(b, 3 * V)
     return src, dst, start, goal
 
-def balanced_edges(
+def balanced_graphs(
     rng: np.random.Generator, m: int, V: int, E: int, L: int, rejected: dict[str, int]
-) -> tuple[np.ndarray, ...]:
-    """Balanced graphs as edge lists. The skeleton and the ancestor chain are laid out in closed form; the
-    noise vertices, the only random attachment, are added vertex by vertex over just the rows that have
-    one there, with descendant sets as uint64 bitsets (the no-cycle rule) and weighted draws without
-    replacement as exponential races (the law of the reference's sequential draws). A graph is dropped
-    as soon as it has more than ``max_edges`` edges (edges are only ever added)."""
-    rows = np.arange(m)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``m`` balanced candidates; returns, for those within ``max_edges``, ``(code, look, search)``: the edges
+    as codes ``src << 6 | dst`` (int16, rows, ``E`` slots, the edges first, then the dummy edge ``V << 6 | V``),
+    the lookahead (the goal's index; the start is 0), and which graphs need a search: those with a noise
+    vertex on a path from the start to the goal. In every other graph the goal chain is the only start-goal
+    path (the distractor chains end elsewhere, and a path through noise edges passes through a noise
+    vertex), so the answer is ``0, 1, ..., l``.
+
+    The skeleton and the ancestor chain are laid out in closed form over all rows, in small integer types.
+    Only the rows with noise vertices (about a third at the defaults, half a noise vertex per graph on
+    average) go through the noise step, sorted by their number of noise vertices so that the rows with a
+    ``k``-th one are a leading slice: one pass per ``k`` (at most six), with descendant sets as uint64
+    bitsets (the no-cycle rule) and the weighted draws without replacement as exponential races (the law of
+    the reference's sequential draws). A graph over ``max_edges`` is dropped at the end."""
+    dummy = V << 6 | V
+    X = min(V, E + 1)  # vertex slots: a graph has at most min(max_vertices, max_edges + 1) vertices
     look = rng.integers(1, L + 1, size=m)
     branches = rng.integers(2, np.minimum((E - 1) // look, (V - 1) // look) + 1)
     n = np.minimum(np.minimum(look * branches + 1 + rng.integers(0, 6, size=m), V), E + 1)
     n = np.maximum(n, 1 + branches * look)
-
-    # Skeleton: the goal chain 1..l, then the distractor chains, each starting with an edge from vertex 0.
-    branch_start = np.zeros((m, V + 2), dtype=bool)
-    pos = 1 + look  # next free vertex
-    coins = rng.random((m, V))
-    for j in range(V - 2):  # distractor j (at most V - 2 of them)
-        active = j < branches - 1
-        if not active.any():
-            break
-        slack = n - pos - (branches - 1 - j) * look  # spare vertices if later branches take l each
-        length = look + (active & (slack >= 1) & (coins[:, j] < 0.5))
-        branch_start[rows[active], pos[active]] = True
-        pos = np.where(active, pos + length, pos)
-    skel_end = pos
-    pre_len = (rng.random(m) * (n - skel_end + 1)).astype(np.int64)  # U{0..n - used}
-    pre_end = skel_end + pre_len
-
-    idx = np.arange(V)
-    x = idx[None, :]
-    is_skel = (x >= 1) & (x < skel_end[:, None])
-    is_pre = (x >= skel_end[:, None]) & (x < pre_end[:, None])
-    # Fixed edges, one per vertex: skeleton vertex x has its parent (0 at a branch start, else x - 1);
-    # ancestor-chain vertex x has its child (0 for the first, else x - 1).
-    other = np.where(branch_start[:, :V] | (x == skel_end[:, None]), 0, x - 1)
-    fixed = is_skel | is_pre
-    S = E + 1  # edge slots; the last one takes the overflow of a graph that is dropped anyway
-    src = np.full((m, S), V, dtype=np.int64)
-    dst = np.full((m, S), V, dtype=np.int64)
-    slot = np.cumsum(fixed, axis=1) - 1  # the fixed edges first, in vertex order (at most n - 1 <= E)
-    r, c = np.nonzero(fixed)
-    src[r, slot[r, c]] = np.where(is_skel[r, c], other[r, c], c)
-    dst[r, slot[r, c]] = np.where(is_skel[r, c], c, other[r, c])
-    ecount = fixed.sum(1)
+    # Distractor j (of branches - 1) is l + 1 long when its coin says so and the vertex budget still has a
+    # spare vertex: the spare is n - 1 - B*l, less the extras before it, so the first `spare` coins that come
+    # up get one (the reference's slack rule, j by j). One 64-bit word of coins per row.
+    J = max(X - 2, 1)
+    j8 = np.arange(J, dtype=np.int8)[:, None]
+    # (distractor, row) layout. With C_j the coins up to j, distractor j has an extra vertex iff its coin
+    # came up and C_j <= spare, so the extras before it are min(C_{j-1}, spare).
+    valid = j8 < (branches - 1).astype(np.int8)
+    coin = np.unpackbits(random_words(rng, m).view(np.uint8).reshape(m, 8).T, axis=0, count=J, bitorder="little")
+    coin &= valid
+    ups = coin.astype(np.int8)
+    for i in range(1, J):  # the running count, a row of adds (numpy's cumsum down short columns is slower)
+        ups[i] += ups[i - 1]
+    spare = (n - 1 - branches * look).astype(np.int8)
+    skel_end = 1 + branches * look + np.minimum(ups[-1], spare)
+    pre_end = skel_end + (rng.random(m) * (n - skel_end + 1)).astype(np.int64)  # ancestor chain: U{0..n - used}
+    # One fixed edge per vertex x in 1..pre_end-1, in slot x - 1: a skeleton vertex's from x - 1 (from 0 at a
+    # branch start), an ancestor-chain vertex's to x - 1 (to 0 for the first, at skel_end).
+    x = np.arange(1, X, dtype=np.int16)
+    code = np.full((m, E + 1), dummy, dtype=np.int16)
+    code[:, : X - 1] = np.where(
+        x < skel_end.astype(np.int16)[:, None], (x - 1) << 6 | x,
+        np.where(x < pre_end.astype(np.int16)[:, None], x << 6 | (x - 1), np.int16(dummy)),
+    )
+    # Branch starts: vertex 1 (already 0 -> 1) and distractor j's first vertex, 1 + (j + 1) l + the extras
+    # before it; slot E takes the absent distractors' (and is reset).
+    first = ((j8 + 1) * look.astype(np.int8) + 1) + np.minimum(ups - coin.view(np.int8), spare)
+    rowbase = np.arange(0, m * (E + 1), E + 1)
+    at = np.where(valid, first - 1, np.int8(E)) + rowbase
+    flat = code.reshape(-1)
+    flat[at] = first
+    flat[rowbase + np.where(pre_end > skel_end, skel_end - 1, E)] = skel_end << 6
+    code[:, E] = dummy
+    look = look.astype(np.int64)
+    q = n - pre_end  # noise vertices
+    noisy = np.nonzero(q > 0)[0]
+    if not len(noisy):
+        return code[:, :E], look, np.zeros(m, dtype=bool)
+    noisy = noisy[np.argsort(-q[noisy], kind="stable")]  # most noise first: the rows with a k-th noise vertex lead
+    qs, pe, se, ls = q[noisy], pre_end[noisy], skel_end[noisy], look[noisy]
+    a0 = len(noisy)
+    fixed = code[noisy, : X - 1].astype(np.int64)
+    par, kid = fixed >> 6, fixed & 63
     # The reference's preferential-attachment counters after the fixed edges (both ends counted).
-    flat_src = (src + (rows * (V + 1))[:, None]).ravel()
-    flat_dst = (dst + (rows * (V + 1))[:, None]).ravel()
-    out_deg = np.bincount(flat_src, minlength=m * (V + 1)).reshape(m, V + 1)[:, :V].astype(np.float64)
-    in_deg = np.bincount(flat_dst, minlength=m * (V + 1)).reshape(m, V + 1)[:, :V].astype(np.float64)
+    rowb = (np.arange(a0) * (V + 1))[:, None]
+    out_deg = np.bincount((rowb + par).ravel(), minlength=a0 * (V + 1)).reshape(a0, V + 1)[:, :X].astype(np.float64)
+    in_deg = np.bincount((rowb + kid).ravel(), minlength=a0 * (V + 1)).reshape(a0, V + 1)[:, :X].astype(np.float64)
     # Descendants (bitsets, the vertex itself excluded): a skeleton vertex reaches the rest of its branch,
     # the start every skeleton vertex, an ancestor-chain vertex x every vertex below it (0..x-1).
     one = np.uint64(1)
-    bound = np.where(branch_start[:, : V + 1] | (np.arange(V + 1)[None, :] == skel_end[:, None]), np.arange(V + 1), V)
-    nxt = np.minimum.accumulate(bound[:, ::-1], axis=1)[:, ::-1]  # nxt[:, y]: first bound at or after y
-    end = nxt[:, 1 : V + 1]  # first bound after x
-    low = (one << (idx + 1).astype(np.uint64))[None, :] - one
-    desc = np.where(is_skel, ((one << end.astype(np.uint64)) - one) & ~low, 0).astype(np.uint64)
-    desc[:, 0] = ((one << skel_end.astype(np.uint64)) - one) & ~one
-    desc = np.where(is_pre, (one << idx.astype(np.uint64))[None, :] - one, desc)
-    alive = ecount <= E
-
-    for v in range(3, V):  # noise vertices come after the goal chain, a branch and the start
-        act = np.nonzero((v >= pre_end) & (v < n) & alive)[0]
-        a = len(act)
-        if not a:
-            continue
-        c = np.minimum(rng.integers(0, 4, size=a), v)
-        p = np.minimum(np.where(c == 0, rng.integers(1, 4, size=a), rng.integers(0, 4, size=a)), v)
-        w = min(3, v)
-        race = rng.standard_exponential((a, v)) / (0.5 + in_deg[act, :v])
-        kids = np.argsort(race, axis=1)[:, :w]  # the first c finish: weighted draws without replacement
-        has = np.arange(w)[None, :] < c[:, None]
-        kid_bits = np.where(has, one << kids.astype(np.uint64), 0).astype(np.uint64)
-        kid_desc = np.where(has, np.take_along_axis(desc[act], kids, 1), 0).astype(np.uint64)
-        d_x = np.bitwise_or.reduce(kid_bits | kid_desc, axis=1)
-        below = ((d_x[:, None] >> idx[None, :v].astype(np.uint64)) & one).astype(bool)  # (a, v)
+    xs = np.arange(X)[None, :]
+    xu = np.arange(X, dtype=np.uint64)
+    sk = (xs >= 1) & (xs < se[:, None])
+    pr = (xs >= se[:, None]) & (xs < pe[:, None])
+    bound = np.full((a0, X + 1), X)  # the first vertex of each distractor, and skel_end
+    bound[:, 1:X] = np.where(sk[:, 1:] & (par == 0), xs[:, 1:], X)
+    bound[np.arange(a0), se] = se
+    end = np.minimum.accumulate(bound[:, ::-1], axis=1)[:, ::-1][:, 1:]  # the first bound after x
+    low = (one << (xu + one)) - one  # bits 0..x
+    desc = np.where(sk, ((one << end.astype(np.uint64)) - one) & ~low, np.uint64(0))
+    desc = np.where(pr, (one << xu) - one, desc)
+    desc[:, 0] = ((one << se.astype(np.uint64)) - one) & ~one
+    bit = one << xu
+    noise = np.full((a0, 6 * int(qs[0])), dummy, dtype=np.int64)
+    counts = np.bincount(qs)[::-1].cumsum()[::-1]  # counts[k]: rows with at least k noise vertices
+    three = np.arange(3)
+    for k in range(int(qs[0])):
+        A = int(counts[k + 1])
+        v = pe[:A] + k  # this pass's noise vertex in each of the leading rows
+        late = xs >= v[:, None]  # not an earlier vertex
+        c = rng.integers(0, 4, size=A)
+        p = rng.integers((c == 0).astype(np.int64), 4)  # U{1..3} without children, else U{0..3}
+        dsc, ind, outd = desc[:A], in_deg[:A], out_deg[:A]
+        race = rng.standard_exponential((A, X)) / (0.5 + ind)
+        race[late] = np.inf
+        kids = np.argsort(race, axis=1)[:, :3]  # the first c finish: weighted draws without replacement
+        has = three < c[:, None]
+        reach = np.where(has, np.take_along_axis(dsc, kids, 1) | (one << kids.astype(np.uint64)), np.uint64(0))
+        d_x = reach[:, 0] | reach[:, 1] | reach[:, 2]
+        below = (d_x[:, None] & bit) != 0
         p = np.minimum(p, v - below.sum(1))
-        race = rng.standard_exponential((a, v)) / (0.5 + out_deg[act, :v])
-        race[below] = np.inf
-        pars = np.argsort(race, axis=1)[:, :w]
-        has_p = np.arange(w)[None, :] < p[:, None]
-        par_bits = np.bitwise_or.reduce(np.where(has_p, one << pars.astype(np.uint64), 0).astype(np.uint64), axis=1)
-        # Edges x -> kids, then parents -> x, appended at each row's count (overflow into the last slot).
-        ra = np.broadcast_to(act[:, None], (a, w))
-        k_slot = np.minimum(ecount[act][:, None] + np.cumsum(has, axis=1) - 1, S - 1)
-        src[ra[has], k_slot[has]] = v
-        dst[ra[has], k_slot[has]] = kids[has]
-        ecount[act] += c
-        p_slot = np.minimum(ecount[act][:, None] + np.cumsum(has_p, axis=1) - 1, S - 1)
-        src[ra[has_p], p_slot[has_p]] = pars[has_p]
-        dst[ra[has_p], p_slot[has_p]] = v
-        ecount[act] += p
-        alive[act] = ecount[act] <= E
-        # Counters on the earlier endpoints only; descendants of x and of its ancestors.
-        np.add.at(in_deg, (ra[has], kids[has]), 1.0)
-        np.add.at(out_deg, (ra[has_p], pars[has_p]), 1.0)
-        desc[act, v] = d_x
-        dv = desc[act, :v]
-        is_par = ((par_bits[:, None] >> idx[None, :v].astype(np.uint64)) & one).astype(bool)
-        anc = ((dv & par_bits[:, None]) != 0) | is_par
-        desc[act, :v] = np.where(anc, dv | (d_x | (one << np.uint64(v)))[:, None], dv)
+        race = rng.standard_exponential((A, X)) / (0.5 + outd)
+        race[below | late] = np.inf
+        pars = np.argsort(race, axis=1)[:, :3]
+        has_p = three < p[:, None]
+        noise[:A, 6 * k : 6 * k + 3] = np.where(has, v[:, None] << 6 | kids, dummy)
+        noise[:A, 6 * k + 3 : 6 * k + 6] = np.where(has_p, pars << 6 | v[:, None], dummy)
+        # Counters on the earlier endpoints only (a row's draws are distinct); descendants of x and its ancestors.
+        ra = np.broadcast_to(np.arange(A)[:, None], (A, 3))
+        ind[ra[has], kids[has]] += 1.0
+        outd[ra[has_p], pars[has_p]] += 1.0
+        par_bits = np.where(has_p, one << pars.astype(np.uint64), np.uint64(0))
+        par_bits = par_bits[:, 0] | par_bits[:, 1] | par_bits[:, 2]
+        dsc[np.arange(A), v] = d_x
+        anc = ((dsc & par_bits[:, None]) != 0) | ((par_bits[:, None] & bit) != 0)
+        np.copyto(dsc, dsc | (d_x | (one << v.astype(np.uint64)))[:, None], where=anc)
+    # Noise edges after each row's fixed ones (slots pre_end - 1 on; the overflow slot E for a dropped graph).
+    present = noise != dummy
+    edges = pe - 1 + present.sum(1)
+    slot = np.minimum(pe[:, None] - 1 + np.cumsum(present, axis=1) - 1, E)
+    r, s = np.nonzero(present)
+    code[noisy[r], slot[r, s]] = noise[r, s]
+    # A noise vertex on a start-goal path: reachable from the start (in its descendants) and reaching the goal.
+    on_path = (desc[:, :1] & bit != 0) & ((desc >> ls[:, None].astype(np.uint64)) & one != 0)
+    on_path &= (xs >= pe[:, None]) & (xs < (pe + qs)[:, None])
+    search = np.zeros(m, dtype=bool)
+    search[noisy] = on_path.any(1)
+    keep = np.ones(m, dtype=bool)
+    keep[noisy] = edges <= E
+    rejected["edges"] += int(m - keep.sum())
+    code = code[:, :E]  # an accepted graph leaves the overflow slot unused
+    if keep.all():
+        return code, look, search
+    return code[keep], look[keep], search[keep]
 
-    rejected["edges"] += int((~alive).sum())
-    keep = alive
-    return src[keep], dst[keep], np.zeros(int(keep.sum()), dtype=np.int64), look[keep]
+
+def balanced_edges(
+    rng: np.random.Generator, m: int, V: int, E: int, L: int, rejected: dict[str, int]
+) -> tuple[np.ndarray, ...]:
+    """:func:`balanced_graphs` as edge lists ``(src, dst)`` (rows, ``E`` slots) with the query ``(0, l)``."""
+    code, look, _ = balanced_graphs(rng, m, V, E, L, rejected)
+    code = code.astype(np.int64)
+    return code >> 6, code & 63, np.zeros(len(code), dtype=np.int64), look
 
 
 def star_graphs(
