@@ -11,7 +11,7 @@ import pytest
 
 from nfl.tasks.base import IGNORE_INDEX, InfeasibleGraphError
 from nfl.tasks.dag_search import DagSearch
-from nfl.tasks.dag_search.graphs import balanced_edges
+from nfl.tasks.dag_search.graphs import balanced_edges, balanced_graphs
 from nfl.tasks.dag_search.search import edge_search, edge_trace_back, topo_search, topo_trace_back
 
 DISTRIBUTIONS = ["naive", "balanced", "star"]
@@ -412,3 +412,28 @@ def test_balanced_construction_matches_a_slow_reference():
     cz = np.abs(pa - pb) / np.sqrt(np.maximum(pool * (1 - pool), 1e-12) * (1 / len(a) + 1 / len(b)))
     seen = (fa + fb) >= 10
     assert seen.sum() > 150 and (cz[seen] < 5).all(), sorted(zip(cz[seen].round(1), np.nonzero(seen)[0]))[-5:]
+
+
+def test_balanced_search_flag_marks_exactly_the_graphs_with_another_start_goal_path():
+    # Unflagged graphs get the goal chain as their answer without a search: that is right exactly when the
+    # chain is the only start-goal path, and a graph with another path (through a noise vertex) is flagged.
+    from functools import lru_cache
+
+    V, E, L = 20, 24, 4
+    code, look, search = balanced_graphs(np.random.default_rng(6), 4000, V, E, L, {"edges": 0})
+    code = code.astype(np.int64)
+    for i in range(len(code)):
+        on = code[i] != (V << 6 | V)
+        edges = list(zip((code[i][on] >> 6).tolist(), (code[i][on] & 63).tolist()))
+        succ = {}
+        for u, v in edges:
+            succ.setdefault(u, []).append(v)
+        goal = int(look[i])
+
+        @lru_cache(maxsize=None)
+        def paths(u):
+            return 1 if u == goal else sum(paths(v) for v in succ.get(u, []))
+
+        assert all((x - 1, x) in edges for x in range(1, goal + 1))
+        assert bool(search[i]) == (paths(0) > 1), (i, edges, goal)
+    assert 0.02 < search.mean() < 0.3

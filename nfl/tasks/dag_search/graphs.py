@@ -21,17 +21,22 @@ def random_words(rng: np.random.Generator, shape) -> np.ndarray:
 def vertex_labels(rng: np.random.Generator, k: int, num_nodes: int, V: int, pad: int) -> np.ndarray:
     """``(V + 1, k)``, vertex-major: per graph (column) a uniform random injection of its ``V`` vertices into
     ``0..num_nodes-1`` (the first ``V`` entries of a uniform random permutation, by a partial Fisher-Yates
-    shuffle vectorised over graphs, with all its draws made at once), and ``pad`` for the dummy vertex ``V``.
-    Each step reads and writes whole rows, which the graph-major layout would stride through."""
+    shuffle vectorised over graphs), and ``pad`` for the dummy vertex ``V``. Each step reads and writes whole
+    rows, which the graph-major layout would stride through. Small batches draw every step's swap partner
+    at once (fewer calls); large ones a step at a time (the arrays stay in cache)."""
     dtype = label_dtype(num_nodes)
     arr = np.empty((max(num_nodes, V + 1), k), dtype=dtype)
     arr[:num_nodes] = np.arange(num_nodes, dtype=dtype)[:, None]
     flat = arr.reshape(-1)
     steps = min(V, num_nodes - 1)
-    idx = rng.integers(np.arange(steps)[:, None], num_nodes, size=(steps, k)) * k + np.arange(k)
+    cols = np.arange(k)
+    at_once = k <= 2048
+    if at_once:
+        idx = rng.integers(np.arange(steps)[:, None], num_nodes, size=(steps, k)) * k + cols
     for i in range(steps):
-        tmp = flat[idx[i]]
-        flat[idx[i]] = arr[i]
+        j = idx[i] if at_once else rng.integers(i, num_nodes, size=k) * k + cols
+        tmp = flat[j]
+        flat[j] = arr[i]
         arr[i] = tmp
     arr[V] = pad
     return arr[: V + 1]
@@ -137,72 +142,88 @@ def balanced_graphs(
     noisy = noisy[np.argsort(-q[noisy], kind="stable")]  # most noise first: the rows with a k-th noise vertex lead
     qs, pe, se, ls = q[noisy], pre_end[noisy], skel_end[noisy], look[noisy]
     a0 = len(noisy)
-    fixed = code[noisy, : X - 1].astype(np.int64)
+    sub = code[noisy]  # their edges; the noise step writes its edges after the fixed ones (slot E: overflow)
+    sub_flat = np.append(sub.reshape(-1), np.int16(dummy))  # a spare last entry takes the absent draws' edges
+    fixed = sub[:, : X - 1].astype(np.int64)
     par, kid = fixed >> 6, fixed & 63
-    # The reference's preferential-attachment counters after the fixed edges (both ends counted).
+    # The draw weights: 0.5 + the reference's preferential-attachment counters after the fixed edges (both
+    # ends counted), 0 for a vertex not yet added (so it never wins a race). Flat buffers with a spare last
+    # entry that absorbs the updates of absent draws.
     rowb = (np.arange(a0) * (V + 1))[:, None]
-    out_deg = np.bincount((rowb + par).ravel(), minlength=a0 * (V + 1)).reshape(a0, V + 1)[:, :X].astype(np.float64)
-    in_deg = np.bincount((rowb + kid).ravel(), minlength=a0 * (V + 1)).reshape(a0, V + 1)[:, :X].astype(np.float64)
-    # Descendants (bitsets, the vertex itself excluded): a skeleton vertex reaches the rest of its branch,
-    # the start every skeleton vertex, an ancestor-chain vertex x every vertex below it (0..x-1).
-    one = np.uint64(1)
     xs = np.arange(X)[None, :]
+    added = xs < pe[:, None]
+    weights = []
+    for end_point in (par, kid):  # out-degrees (parents' weights), then in-degrees (children's)
+        deg = np.bincount((rowb + end_point).ravel(), minlength=a0 * (V + 1)).reshape(a0, V + 1)[:, :X]
+        buf = np.zeros(a0 * X + 1)
+        buf[:-1].reshape(a0, X)[:] = np.where(added, 0.5 + deg, 0.0)
+        weights.append(buf)
+    w_out, w_in = weights
+    wo, wi = w_out[:-1].reshape(a0, X), w_in[:-1].reshape(a0, X)
+    # Reach sets (bitsets, the vertex itself included): a skeleton vertex reaches the rest of its branch,
+    # the start every skeleton vertex, an ancestor-chain vertex x every vertex up to it.
+    one = np.uint64(1)
     xu = np.arange(X, dtype=np.uint64)
+    bit = one << xu
     sk = (xs >= 1) & (xs < se[:, None])
-    pr = (xs >= se[:, None]) & (xs < pe[:, None])
     bound = np.full((a0, X + 1), X)  # the first vertex of each distractor, and skel_end
     bound[:, 1:X] = np.where(sk[:, 1:] & (par == 0), xs[:, 1:], X)
     bound[np.arange(a0), se] = se
     end = np.minimum.accumulate(bound[:, ::-1], axis=1)[:, ::-1][:, 1:]  # the first bound after x
-    low = (one << (xu + one)) - one  # bits 0..x
-    desc = np.where(sk, ((one << end.astype(np.uint64)) - one) & ~low, np.uint64(0))
-    desc = np.where(pr, (one << xu) - one, desc)
-    desc[:, 0] = ((one << se.astype(np.uint64)) - one) & ~one
-    bit = one << xu
-    noise = np.full((a0, 6 * int(qs[0])), dummy, dtype=np.int64)
+    D = np.where(sk, ((one << end.astype(np.uint64)) - one) & ~(bit - one), bit)  # x..end-1, else x itself
+    np.copyto(D, (bit << one) - one, where=(xs >= se[:, None]) & added)  # the ancestor chain: 0..x
+    D[:, 0] = (one << se.astype(np.uint64)) - one
     counts = np.bincount(qs)[::-1].cumsum()[::-1]  # counts[k]: rows with at least k noise vertices
     three = np.arange(3)
-    for k in range(int(qs[0])):
-        A = int(counts[k + 1])
-        v = pe[:A] + k  # this pass's noise vertex in each of the leading rows
-        late = xs >= v[:, None]  # not an earlier vertex
-        c = rng.integers(0, 4, size=A)
-        p = rng.integers((c == 0).astype(np.int64), 4)  # U{1..3} without children, else U{0..3}
-        dsc, ind, outd = desc[:A], in_deg[:A], out_deg[:A]
-        race = rng.standard_exponential((A, X)) / (0.5 + ind)
-        race[late] = np.inf
-        kids = np.argsort(race, axis=1)[:, :3]  # the first c finish: weighted draws without replacement
-        has = three < c[:, None]
-        reach = np.where(has, np.take_along_axis(dsc, kids, 1) | (one << kids.astype(np.uint64)), np.uint64(0))
-        d_x = reach[:, 0] | reach[:, 1] | reach[:, 2]
-        below = (d_x[:, None] & bit) != 0
-        p = np.minimum(p, v - below.sum(1))
-        race = rng.standard_exponential((A, X)) / (0.5 + outd)
-        race[below | late] = np.inf
-        pars = np.argsort(race, axis=1)[:, :3]
-        has_p = three < p[:, None]
-        noise[:A, 6 * k : 6 * k + 3] = np.where(has, v[:, None] << 6 | kids, dummy)
-        noise[:A, 6 * k + 3 : 6 * k + 6] = np.where(has_p, pars << 6 | v[:, None], dummy)
-        # Counters on the earlier endpoints only (a row's draws are distinct); descendants of x and its ancestors.
-        ra = np.broadcast_to(np.arange(A)[:, None], (A, 3))
-        ind[ra[has], kids[has]] += 1.0
-        outd[ra[has_p], pars[has_p]] += 1.0
-        par_bits = np.where(has_p, one << pars.astype(np.uint64), np.uint64(0))
-        par_bits = par_bits[:, 0] | par_bits[:, 1] | par_bits[:, 2]
-        dsc[np.arange(A), v] = d_x
-        anc = ((dsc & par_bits[:, None]) != 0) | ((par_bits[:, None] & bit) != 0)
-        np.copyto(dsc, dsc | (d_x | (one << v.astype(np.uint64)))[:, None], where=anc)
-    # Noise edges after each row's fixed ones (slots pre_end - 1 on; the overflow slot E for a dropped graph).
-    present = noise != dummy
-    edges = pe - 1 + present.sum(1)
-    slot = np.minimum(pe[:, None] - 1 + np.cumsum(present, axis=1) - 1, E)
-    r, s = np.nonzero(present)
-    code[noisy[r], slot[r, s]] = noise[r, s]
-    # A noise vertex on a start-goal path: reachable from the start (in its descendants) and reaching the goal.
-    on_path = (desc[:, :1] & bit != 0) & ((desc >> ls[:, None].astype(np.uint64)) & one != 0)
-    on_path &= (xs >= pe[:, None]) & (xs < (pe + qs)[:, None])
+    scratch, edges, goal_bit = a0 * X, pe - 1, one << ls.astype(np.uint64)
+    via = np.zeros(a0, dtype=np.uint64)  # the noise vertices that reached the goal when they were added
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(int(qs[0])):
+            A = int(counts[k + 1])
+            rows = np.arange(A)
+            v = pe[:A] + k  # this pass's noise vertex in each of the leading rows
+            # c ~ U{0..3}; p ~ U{1..3} if c = 0, else U{0..3}: from one draw of U{0..47} (12 is a multiple of 3, 4).
+            u = rng.integers(0, 48, size=A)
+            c, r = u // 12, u % 12
+            p = np.where(c == 0, 1 + r % 3, r % 4)
+            ex = rng.standard_exponential((2, A, X))
+            kids = np.argsort(ex[0] / wi[:A], axis=1)[:, :3]  # the first c finish: weighted draws w/o replacement
+            has = three < c[:, None]
+            reach = np.where(has, np.take_along_axis(D[:A], kids, 1), np.uint64(0))
+            d_x = reach[:, 0] | reach[:, 1] | reach[:, 2]  # the children and all they reach
+            below = (d_x[:, None] & bit) != 0
+            p = np.minimum(p, v - below.sum(1))
+            race = ex[1] / wo[:A]
+            np.copyto(race, np.inf, where=below)  # no parent among the descendants: no cycle
+            pars = np.argsort(race, axis=1)[:, :3]
+            has_p = three < p[:, None]
+            # Edges x -> children, then parents -> x, after the row's edges so far (at most slot E).
+            at = (rows * (E + 1) + edges[:A])[:, None] + three
+            sub_flat[np.where(has, np.minimum(at, rows[:, None] * (E + 1) + E), len(sub_flat) - 1)] = v[:, None] << 6 | kids
+            edges[:A] += c
+            at += c[:, None]
+            sub_flat[np.where(has_p, np.minimum(at, rows[:, None] * (E + 1) + E), len(sub_flat) - 1)] = pars << 6 | v[:, None]
+            edges[:A] += p
+            via[:A] |= np.where(d_x & goal_bit[:A] != 0, bit[v], np.uint64(0))
+            # Counters on the earlier endpoints only (a row's draws are distinct); x joins with weight 0.5 both
+            # ways (its own counters stay 0); x and all it reaches join the reach sets of its ancestors.
+            at = (rows * X)[:, None]
+            w_in[np.where(has, at + kids, scratch)] += 1.0
+            w_out[np.where(has_p, at + pars, scratch)] += 1.0
+            wi[rows, v] = 0.5
+            wo[rows, v] = 0.5
+            par_bits = np.where(has_p, bit[pars], np.uint64(0))
+            par_bits = par_bits[:, 0] | par_bits[:, 1] | par_bits[:, 2]
+            d_v = d_x | bit[v]
+            Da = D[:A]
+            Da[rows, v] = d_v
+            np.copyto(Da, Da | d_v[:, None], where=(Da & par_bits[:, None]) != 0)
+    code[noisy] = sub_flat[:-1].reshape(a0, E + 1)
+    # A noise vertex on a start-goal path: reachable from the start, and reaching the goal. If there is one,
+    # the last on such a path reaches the goal through its own child and fixed edges only, so it already
+    # reached the goal when it was added (`via`).
     search = np.zeros(m, dtype=bool)
-    search[noisy] = on_path.any(1)
+    search[noisy] = (D[:, 0] & via) != 0
     keep = np.ones(m, dtype=bool)
     keep[noisy] = edges <= E
     rejected["edges"] += int(m - keep.sum())
