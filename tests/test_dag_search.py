@@ -365,8 +365,11 @@ def balanced_features(edges, look, V):
                 queue.append(v)
             elif dist[v] == dist[u] + 1:
                 count[v] += count[u]
-    into = lambda x: sum(v == x for _, v in edges)  # noqa: E731
-    outof = lambda x: sum(u == x for u, _ in edges)  # noqa: E731
+    indeg, outdeg = [0] * (V + 1), [0] * (V + 1)
+    for u, v in edges:
+        outdeg[u] += 1
+        indeg[v] += 1
+    into, outof = indeg.__getitem__, outdeg.__getitem__
     back = [(u, v) for u, v in edges if u > v]  # the ancestor chain's edges and the noise vertices' to children
     n = 1 + max(max(e) for e in edges)  # every vertex has an edge
     stats = [
@@ -374,6 +377,8 @@ def balanced_features(edges, look, V):
         n, len(back), sum(v for _, v in back), sum(1 <= v <= look for _, v in back),  # the last: noise children
         into(0), max(into(0) - 1, 0), outof(0), into(look), outof(look),  # beyond the chain's edge; beyond B
         dist[look], min(count[look], 4), len(dist), look,
+        sum(d * d for d in indeg), sum(d * d for d in outdeg),  # preferential attachment
+        sum(u >= n - 3 and v >= n - 3 for u, v in edges),  # among the last vertices (noise ones, if any)
     ]
     return stats, {u * (V + 1) + v for u, v in edges}
 
@@ -412,6 +417,26 @@ def test_balanced_construction_matches_a_slow_reference():
     cz = np.abs(pa - pb) / np.sqrt(np.maximum(pool * (1 - pool), 1e-12) * (1 / len(a) + 1 / len(b)))
     seen = (fa + fb) >= 10
     assert seen.sum() > 150 and (cz[seen] < 5).all(), sorted(zip(cz[seen].round(1), np.nonzero(seen)[0]))[-5:]
+
+
+def test_weighted_draws_without_replacement_have_the_sequential_law():
+    # Three draws per column, each with probability proportional to weight among the vertices left: every
+    # ordered triple as often as w_a / T * w_b / (T - w_a) * w_c / (T - w_a - w_b); weight 0 never drawn.
+    import itertools
+
+    from nfl.tasks.dag_search.graphs import _weighted_draws
+
+    w = np.array([0.5, 1.5, 2.5, 0.0, 0.5, 3.5, 1.0])
+    n = 200000
+    rng = np.random.default_rng(0)
+    k = _weighted_draws(np.repeat(w[:, None], n, axis=1), rng.random((3, n)), np.arange(n))
+    seen = np.bincount((k[0] * 7 + k[1]) * 7 + k[2], minlength=7**3) / n
+    total = w.sum()
+    for a, b, c in itertools.product(range(7), repeat=3):
+        distinct = len({a, b, c}) == 3
+        pr = w[a] / total * w[b] / (total - w[a]) * w[c] / (total - w[a] - w[b]) if distinct else 0.0
+        f = seen[(a * 7 + b) * 7 + c]
+        assert abs(f - pr) <= 4.5 * np.sqrt(pr * (1 - pr) / n), ((a, b, c), f, pr)
 
 
 def test_balanced_search_flag_marks_exactly_the_graphs_with_another_start_goal_path():

@@ -206,8 +206,8 @@ class DagSearch(GraphTask):
     def _draw(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         """``m`` candidate graphs; the accepted ones as label arrays (edges, query, paths, lengths).
 
-        Graphs are edge lists in vertex indices (``src * (V + 1) + dst`` codes, the dummy vertex ``V`` in
-        unused slots); no step of the search costs ``V * V`` per graph."""
+        Graphs are edge lists in vertex indices (``src << 6 | dst`` codes, the dummy vertex ``V`` in unused
+        slots); no step of the search costs ``V * V`` per graph."""
         V, E, P = self.max_vertices, self.max_edges, self.max_path_len
         if self.distribution == "naive":
             # Naive has the parents of vertex i in slots 3i..3i+2, which the topological search reads.
@@ -221,30 +221,44 @@ class DagSearch(GraphTask):
                 src, dst, start, goal = src[short], dst[short], start[short], goal[short]
                 dist, count, depth = dist[short], count[short], depth[short]
             path = topo_trace_back(rng, src, dist, count, goal, depth, P, V)
-            code = src << 6 | dst
-        else:
-            # The goal chain is the answer unless a noise vertex lies on a start-goal path (graphs.balanced_graphs);
-            # only those graphs are searched. Every goal is reachable, and no answer is longer than l + 1 <= P.
-            code, goal, search = balanced_graphs(rng, m, V, E, self.max_lookahead, rejected)
-            start = np.zeros(len(code), dtype=np.int64)
-            depth = goal.copy()
-            t = np.arange(P)
-            path = np.where(t[None, :] <= goal[:, None], t[None, :], 0)
-            s = np.nonzero(search)[0]
-            if len(s):
-                c = code[s].astype(np.int64)
-                src, dst = c >> 6, c & 63
-                depth[s], dist, count = edge_search(src, dst, start[s], goal[s], V)
-                path[s] = edge_trace_back(rng, src, dst, dist, count, goal[s], depth[s], P)
+            labels, parents, children = self._labels(rng, src << 6 | dst)
+            k = len(src)
+            rk = np.arange(k)
+            nodes = labels.reshape(-1)[path * k + rk[:, None]]
+            return parents, children, labels[start, rk], labels[goal, rk], nodes, depth + 1
+        # The goal chain 0, 1, ..., l is the answer unless a noise vertex lies on a start-goal path
+        # (graphs.balanced_graphs); only those graphs are searched. Every goal is reachable, and no answer is
+        # longer than l + 1 <= P.
+        code, goal, search = balanced_graphs(rng, m, V, E, self.max_lookahead, rejected)
+        depth = goal.copy()
+        s = np.nonzero(search)[0]
+        if len(s):
+            c = code[s].astype(np.int64)
+            src, dst = c >> 6, c & 63
+            start = np.zeros(len(s), dtype=np.int64)
+            depth[s], dist, count = edge_search(src, dst, start, goal[s], V)
+            path = edge_trace_back(rng, src, dst, dist, count, goal[s], depth[s], P)
+        labels, parents, children = self._labels(rng, code)
         k = len(code)
-        # Labels in vertex-major layout (column V: the dummy, pad): label of vertex x in row r at x * k + r.
+        nodes = np.ascontiguousarray(labels[: min(P, V + 1)].T)  # the goal chain; entries past the goal unread
+        if len(s):
+            nodes[s, :P] = labels.reshape(-1)[path * k + s[:, None]]
+        return parents, children, labels[0], labels[goal, np.arange(k)], nodes, depth + 1
+
+    def _labels(self, rng: np.random.Generator, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels for graphs given as edge codes ``src << 6 | dst`` (rows, slots; the dummy edge in unused
+        slots, anywhere, at most ``max_edges`` edges a row): ``(labels, parents, children)``, the labels
+        vertex-major (``(V + 1, k)``, row ``V`` the dummy's, ``pad``) and the edges (k, max_edges) in labels,
+        unused slots first, the edges in a uniformly random order."""
+        V, E = self.max_vertices, self.max_edges
+        k = len(code)
         labels = vertex_labels(rng, k, self.num_nodes, V, self.pad)
         flat = labels.reshape(-1)
-        rk = np.arange(k)
+        rk = np.arange(k)[:, None]
         # A uniform order of each graph's edges, after its unused slots: sort keys of a random word per slot
-        # with the edge's code (src << 6 | dst) in the low 12 bits and the top bit set (the dummy edge's key
-        # is its bare code, so unused slots sort first). Two edges of a graph tie, and keep their code order,
-        # with probability below E^2 / 2^52 per graph (1e-13 at E = 24): the one departure from uniform.
+        # with the edge's code in the low 12 bits and the top bit set (the dummy edge's key is its bare code,
+        # so unused slots sort first). Two edges of a graph tie, and keep their code order, with probability
+        # below E^2 / 2^52 per graph (1e-13 at E = 24): the one departure from uniform.
         dummy = V << 6 | V
         key = random_words(rng, code.shape)
         key |= np.uint64(1 << 63)
@@ -253,6 +267,4 @@ class DagSearch(GraphTask):
         np.copyto(key, np.uint64(dummy), where=code == dummy)
         key.sort(axis=1)
         key = key[:, key.shape[1] - E :].astype(np.int64)
-        parents = flat[(key >> 6 & 63) * k + rk[:, None]]
-        children = flat[(key & 63) * k + rk[:, None]]
-        return parents, children, labels[start, rk], labels[goal, rk], flat[path * k + rk[:, None]], depth + 1
+        return labels, flat[(key >> 6 & 63) * k + rk], flat[(key & 63) * k + rk]

@@ -146,20 +146,21 @@ def balanced_graphs(
     sub_flat = np.append(sub.reshape(-1), np.int16(dummy))  # a spare last entry takes the absent draws' edges
     fixed = sub[:, : X - 1].astype(np.int64)
     par, kid = fixed >> 6, fixed & 63
-    # The draw weights: 0.5 + the reference's preferential-attachment counters after the fixed edges (both
-    # ends counted), 0 for a vertex not yet added (so it never wins a race). Flat buffers with a spare last
-    # entry that absorbs the updates of absent draws.
+    # The noise step's state in (vertex, row) layout, so that sums over a row's vertices are adds of whole
+    # rows. The draw weights: 0.5 + the reference's preferential-attachment counters after the fixed edges
+    # (both ends counted), 0 for a vertex not yet added (so it is never drawn); flat buffers with a spare
+    # last entry that absorbs the updates of absent draws.
     rowb = (np.arange(a0) * (V + 1))[:, None]
     xs = np.arange(X)[None, :]
     added = xs < pe[:, None]
     weights = []
     for end_point in (par, kid):  # out-degrees (parents' weights), then in-degrees (children's)
         deg = np.bincount((rowb + end_point).ravel(), minlength=a0 * (V + 1)).reshape(a0, V + 1)[:, :X]
-        buf = np.zeros(a0 * X + 1)
-        buf[:-1].reshape(a0, X)[:] = np.where(added, 0.5 + deg, 0.0)
+        buf = np.zeros(X * a0 + 1)
+        buf[:-1].reshape(X, a0)[:] = np.where(added, 0.5 + deg, 0.0).T
         weights.append(buf)
     w_out, w_in = weights
-    wo, wi = w_out[:-1].reshape(a0, X), w_in[:-1].reshape(a0, X)
+    wo, wi = w_out[:-1].reshape(X, a0), w_in[:-1].reshape(X, a0)
     # Reach sets (bitsets, the vertex itself included): a skeleton vertex reaches the rest of its branch,
     # the start every skeleton vertex, an ancestor-chain vertex x every vertex up to it.
     one = np.uint64(1)
@@ -173,57 +174,56 @@ def balanced_graphs(
     D = np.where(sk, ((one << end.astype(np.uint64)) - one) & ~(bit - one), bit)  # x..end-1, else x itself
     np.copyto(D, (bit << one) - one, where=(xs >= se[:, None]) & added)  # the ancestor chain: 0..x
     D[:, 0] = (one << se.astype(np.uint64)) - one
+    D = np.ascontiguousarray(D.T)
+    bitc = bit[:, None]
     counts = np.bincount(qs)[::-1].cumsum()[::-1]  # counts[k]: rows with at least k noise vertices
-    three = np.arange(3)
-    scratch, edges, goal_bit = a0 * X, pe - 1, one << ls.astype(np.uint64)
+    three = np.arange(3)[:, None]
+    scratch, edges, goal_bit = X * a0, pe - 1, one << ls.astype(np.uint64)
     via = np.zeros(a0, dtype=np.uint64)  # the noise vertices that reached the goal when they were added
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for k in range(int(qs[0])):
-            A = int(counts[k + 1])
-            rows = np.arange(A)
-            v = pe[:A] + k  # this pass's noise vertex in each of the leading rows
-            # c ~ U{0..3}; p ~ U{1..3} if c = 0, else U{0..3}: from one draw of U{0..47} (12 is a multiple of 3, 4).
-            u = rng.integers(0, 48, size=A)
-            c, r = u // 12, u % 12
-            p = np.where(c == 0, 1 + r % 3, r % 4)
-            ex = rng.standard_exponential((2, A, X))
-            kids = np.argsort(ex[0] / wi[:A], axis=1)[:, :3]  # the first c finish: weighted draws w/o replacement
-            has = three < c[:, None]
-            reach = np.where(has, np.take_along_axis(D[:A], kids, 1), np.uint64(0))
-            d_x = reach[:, 0] | reach[:, 1] | reach[:, 2]  # the children and all they reach
-            below = (d_x[:, None] & bit) != 0
-            p = np.minimum(p, v - below.sum(1))
-            race = ex[1] / wo[:A]
-            np.copyto(race, np.inf, where=below)  # no parent among the descendants: no cycle
-            pars = np.argsort(race, axis=1)[:, :3]
-            has_p = three < p[:, None]
-            # Edges x -> children, then parents -> x, after the row's edges so far (at most slot E).
-            at = (rows * (E + 1) + edges[:A])[:, None] + three
-            sub_flat[np.where(has, np.minimum(at, rows[:, None] * (E + 1) + E), len(sub_flat) - 1)] = v[:, None] << 6 | kids
-            edges[:A] += c
-            at += c[:, None]
-            sub_flat[np.where(has_p, np.minimum(at, rows[:, None] * (E + 1) + E), len(sub_flat) - 1)] = pars << 6 | v[:, None]
-            edges[:A] += p
-            via[:A] |= np.where(d_x & goal_bit[:A] != 0, bit[v], np.uint64(0))
-            # Counters on the earlier endpoints only (a row's draws are distinct); x joins with weight 0.5 both
-            # ways (its own counters stay 0); x and all it reaches join the reach sets of its ancestors.
-            at = (rows * X)[:, None]
-            w_in[np.where(has, at + kids, scratch)] += 1.0
-            w_out[np.where(has_p, at + pars, scratch)] += 1.0
-            wi[rows, v] = 0.5
-            wo[rows, v] = 0.5
-            par_bits = np.where(has_p, bit[pars], np.uint64(0))
-            par_bits = par_bits[:, 0] | par_bits[:, 1] | par_bits[:, 2]
-            d_v = d_x | bit[v]
-            Da = D[:A]
-            Da[rows, v] = d_v
-            np.copyto(Da, Da | d_v[:, None], where=(Da & par_bits[:, None]) != 0)
+    last = len(sub_flat) - 1
+    for k in range(int(qs[0])):
+        A = int(counts[k + 1])
+        rows = np.arange(A)
+        v = pe[:A] + k  # this pass's noise vertex in each of the leading rows
+        # c ~ U{0..3}; p ~ U{1..3} if c = 0, else U{0..3}: from one draw of U{0..47} (12 is a multiple of 3, 4).
+        u = rng.integers(0, 48, size=A)
+        c, r = u // 12, u % 12
+        p = np.where(c == 0, 1 + r % 3, r % 4)
+        draws = rng.random((6, A))
+        kids = _weighted_draws(wi[:, :A], draws[:3], rows)  # (3, A); the first c are the children
+        has = three < c
+        reach = np.where(has, D[kids, rows], np.uint64(0))
+        d_x = reach[0] | reach[1] | reach[2]  # the children and all they reach
+        below = (d_x & bitc) != 0
+        p = np.minimum(p, v - below.sum(0))
+        pars = _weighted_draws(np.where(below, 0.0, wo[:, :A]), draws[3:], rows)  # none below: no cycle
+        has_p = three < p
+        # Edges x -> children, then parents -> x, after the row's edges so far (at most slot E).
+        at = rows * (E + 1) + edges[:A]
+        cap = rows * (E + 1) + E
+        sub_flat[np.where(has, np.minimum(at + three, cap), last)] = v << 6 | kids
+        edges[:A] += c
+        sub_flat[np.where(has_p, np.minimum(at + c + three, cap), last)] = pars << 6 | v
+        edges[:A] += p
+        via[:A] |= np.where(d_x & goal_bit[:A] != 0, bit[v], np.uint64(0))
+        # Counters on the earlier endpoints only (a row's draws are distinct); x joins with weight 0.5 both
+        # ways (its own counters stay 0); x and all it reaches join the reach sets of its ancestors.
+        w_in[np.where(has, kids * a0 + rows, scratch)] += 1.0
+        w_out[np.where(has_p, pars * a0 + rows, scratch)] += 1.0
+        wi[v, rows] = 0.5
+        wo[v, rows] = 0.5
+        par_bits = np.where(has_p, bit[pars], np.uint64(0))
+        par_bits = par_bits[0] | par_bits[1] | par_bits[2]
+        d_v = d_x | bit[v]
+        Da = D[:, :A]
+        Da[v, rows] = d_v
+        np.copyto(Da, Da | d_v, where=(Da & par_bits) != 0)
     code[noisy] = sub_flat[:-1].reshape(a0, E + 1)
     # A noise vertex on a start-goal path: reachable from the start, and reaching the goal. If there is one,
     # the last on such a path reaches the goal through its own child and fixed edges only, so it already
     # reached the goal when it was added (`via`).
     search = np.zeros(m, dtype=bool)
-    search[noisy] = (D[:, 0] & via) != 0
+    search[noisy] = (D[0] & via) != 0
     keep = np.ones(m, dtype=bool)
     keep[noisy] = edges <= E
     rejected["edges"] += int(m - keep.sum())
@@ -231,6 +231,35 @@ def balanced_graphs(
     if keep.all():
         return code, look, search
     return code[keep], look[keep], search[keep]
+
+
+def _weighted_draws(w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Three draws without replacement per column of the weights ``w`` (vertex, row), each with probability
+    proportional to weight among those left (the reference's sequential draws; weight 0: never drawn),
+    from three uniforms per row ``u`` (3, rows). Each draw is one point on the line of the cumulative
+    weights: the second's (the third's) skips the interval of the first (of the first two), so every draw
+    reads the same running sums. Weights are multiples of 0.5, so the sums are exact. Returns (3, rows)
+    vertex indices; draws past the number of positive weights are arbitrary (in range)."""
+    X = len(w)
+    cw = w.copy()
+    for i in range(1, X):  # running sums down the vertices (faster than cumsum along a short axis)
+        cw[i] += cw[i - 1]
+    total = cw[-1]
+    t = u[0] * total
+    k1 = np.minimum((cw <= t).sum(0), X - 1)
+    w1 = w[k1, rows]
+    s1 = cw[k1, rows] - w1
+    t = u[1] * (total - w1)
+    t += np.where(t >= s1, w1, 0.0)
+    k2 = np.minimum((cw <= t).sum(0), X - 1)
+    w2 = w[k2, rows]
+    s2 = cw[k2, rows] - w2
+    first = k1 < k2
+    t = u[2] * (total - w1 - w2)
+    t += np.where(t >= np.where(first, s1, s2), np.where(first, w1, w2), 0.0)
+    t += np.where(t >= np.where(first, s2, s1), np.where(first, w2, w1), 0.0)
+    k3 = np.minimum((cw <= t).sum(0), X - 1)
+    return np.stack([k1, k2, k3])
 
 
 def balanced_edges(
