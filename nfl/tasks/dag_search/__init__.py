@@ -221,7 +221,7 @@ class DagSearch(GraphTask):
                 src, dst, start, goal = src[short], dst[short], start[short], goal[short]
                 dist, count, depth = dist[short], count[short], depth[short]
             path = topo_trace_back(rng, src, dist, count, goal, depth, P, V)
-            labels, parents, children = self._labels(rng, src << 6 | dst)
+            labels, parents, children = self._labels(rng, src.astype(np.int16) << 6 | dst)
             k = len(src)
             rk = np.arange(k)
             nodes = labels.reshape(-1)[path * k + rk[:, None]]

@@ -43,15 +43,17 @@ def vertex_labels(rng: np.random.Generator, k: int, num_nodes: int, V: int, pad:
 
 
 def naive_edges(rng: np.random.Generator, m: int, V: int, E: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
-    """Naive graphs as edge lists: vertex ``i`` gets ``min(k, i)`` parents, ``V`` slots of three. A graph
+    """Naive graphs as edge lists (int8): vertex ``i`` gets ``min(k, i)`` parents, ``V`` slots of three. A graph
     whose goal comes before its start in the vertex order cannot reach it and is dropped before its
     parents are drawn (they are independent of the rest), as is one with too many edges."""
     n = rng.integers(3, V + 1, size=m)
-    i = np.arange(V)
+    i = np.arange(V, dtype=np.int8)
     # k = 1 with probability 1/2 + 1/6, else 2 or 3 with 1/6 each: one uniform per vertex.
     u = rng.random((m, V))
-    k = 1 + (u >= 2 / 3).astype(np.int64) + (u >= 5 / 6)
-    k = np.where(i[None, :] < n[:, None], np.minimum(k, i[None, :]), 0)  # parents of vertex i (vertex 0: none)
+    k = (u >= 2 / 3).astype(np.int8)
+    k += u >= 5 / 6
+    k += 1
+    k = np.where(i < n.astype(np.int8)[:, None], np.minimum(k, i), np.int8(0))  # parents of i (vertex 0: none)
     # The query: a uniform pair of distinct vertices, the earlier one the start. Parents come first in the
     # vertex order, so a goal before the start is never reachable; the reference's uniform ordered pair,
     # with those rejected, has the same law as this (each pair s < g has probability 2 / (n (n - 1))
@@ -64,20 +66,23 @@ def naive_edges(rng: np.random.Generator, m: int, V: int, E: int, rejected: dict
     rejected["edges"] += int((~keep).sum())
     k, start, goal = k[keep], start[keep], goal[keep]
     b = len(k)
-    # Up to three distinct parents of each vertex, uniform without replacement from 0..i-1.
+    # Up to three distinct parents of each vertex, uniform without replacement from 0..i-1 (int8: V <= 63).
     u = rng.random((3, b, V))
-    r1 = (u[0] * i).astype(np.int64)
-    r2 = (u[1] * np.maximum(i - 1, 1)).astype(np.int64)
+    r1 = (u[0] * i).astype(np.int8)
+    r2 = (u[1] * np.maximum(i - 1, 1)).astype(np.int8)
     r2 += r2 >= r1
-    r3 = (u[2] * np.maximum(i - 2, 1)).astype(np.int64)
+    r3 = (u[2] * np.maximum(i - 2, 1)).astype(np.int8)
     lo, hi = np.minimum(r1, r2), np.maximum(r1, r2)
     r3 += r3 >= lo
     r3 += r3 >= hi
-    src = np.stack([r1, r2, r3], axis=2)  # (b, V, 3)
-    present = np.arange(3)[None, None, :] < k[:, :, None]
-    src = np.where(present, src, V).reshape(b, 3 * V)
-    dst = np.where(present, i[None, :, None], V).reshape(b, 3 * V)
-    return src, dst, start, goal
+    src = np.empty((b, V, 3), dtype=np.int8)
+    dst = np.empty((b, V, 3), dtype=np.int8)
+    for j, r in enumerate((r1, r2, r3)):
+        on = k > j
+        src[:, :, j] = np.where(on, r, np.int8(V))
+        dst[:, :, j] = np.where(on, i, np.int8(V))
+    return src.reshape(b, 3 * V), dst.reshape(b, 3 * V), start, goal
+
 
 def balanced_graphs(
     rng: np.random.Generator, m: int, V: int, E: int, L: int, rejected: dict[str, int]
@@ -240,10 +245,13 @@ def _weighted_draws(w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarra
     weights: the second's (the third's) skips the interval of the first (of the first two), so every draw
     reads the same running sums. Weights are multiples of 0.5, so the sums are exact. Returns (3, rows)
     vertex indices; draws past the number of positive weights are arbitrary (in range)."""
-    X = len(w)
-    cw = w.copy()
-    for i in range(1, X):  # running sums down the vertices (faster than cumsum along a short axis)
-        cw[i] += cw[i - 1]
+    X, A = w.shape
+    if A < 512:
+        cw = np.cumsum(w, axis=0)
+    else:  # running sums a row of adds at a time: faster than cumsum down short columns, but X calls
+        cw = w.copy()
+        for i in range(1, X):
+            cw[i] += cw[i - 1]
     total = cw[-1]
     t = u[0] * total
     k1 = np.minimum((cw <= t).sum(0), X - 1)

@@ -52,7 +52,7 @@ def topo_search(src: np.ndarray, start: np.ndarray, goal: np.ndarray, V: int):
     count[start, rows] = 1.0
     flat_d, flat_c = dist.reshape(-1), count.reshape(-1)
     top = int(goal.max()) if B else 0
-    idx = src.reshape(B, V, 3)[:, : top + 1].transpose(1, 2, 0) * B + rows  # (vertex, parent, row) flat
+    idx = src.reshape(B, V, 3)[:, : top + 1].transpose(1, 2, 0).astype(np.int64) * B + rows  # (vertex, parent, row)
     for i in range(1, top + 1):
         d0, d1, d2 = flat_d[idx[i]]
         low = np.minimum(np.minimum(d0, d1), d2)
