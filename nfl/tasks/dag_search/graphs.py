@@ -13,8 +13,15 @@ import numpy as np
 from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
 
+_WORD64 = (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64)  # 64-bit raw outputs
+
+
 def random_words(rng: np.random.Generator, shape) -> np.ndarray:
-    """Uniform 64-bit words (uint64) from ``rng``, whatever its bit generator's word size."""
+    """Uniform 64-bit words (uint64) from ``rng``: its bit generator's raw outputs where they are 64-bit
+    (numpy's default PCG64 among them), else full-range integers."""
+    bg = rng.bit_generator
+    if type(bg) in _WORD64:
+        return bg.random_raw(int(np.prod(shape))).reshape(shape)
     return rng.integers(0, np.iinfo(np.uint64).max, size=shape, dtype=np.uint64, endpoint=True)
 
 
@@ -32,9 +39,9 @@ def vertex_labels(rng: np.random.Generator, k: int, num_nodes: int, V: int, pad:
     cols = np.arange(k)
     at_once = k <= 2048
     if at_once:
-        idx = rng.integers(np.arange(steps)[:, None], num_nodes, size=(steps, k)) * k + cols
+        idx = ((rng.random((steps, k)) * (num_nodes - np.arange(steps))[:, None]).astype(np.intp) + np.arange(steps)[:, None]) * k + cols
     for i in range(steps):
-        j = idx[i] if at_once else rng.integers(i, num_nodes, size=k) * k + cols
+        j = idx[i] if at_once else ((rng.random(k) * (num_nodes - i)).astype(np.intp) + i) * k + cols
         tmp = flat[j]
         flat[j] = arr[i]
         arr[i] = tmp
@@ -149,38 +156,36 @@ def balanced_graphs(
     a0 = len(noisy)
     sub = code[noisy]  # their edges; the noise step writes its edges after the fixed ones (slot E: overflow)
     sub_flat = np.append(sub.reshape(-1), np.int16(dummy))  # a spare last entry takes the absent draws' edges
-    fixed = sub[:, : X - 1].astype(np.int64)
-    par, kid = fixed >> 6, fixed & 63
     # The noise step's state in (vertex, row) layout, so that sums over a row's vertices are adds of whole
     # rows. The draw weights: 0.5 + the reference's preferential-attachment counters after the fixed edges
     # (both ends counted), 0 for a vertex not yet added (so it is never drawn); flat buffers with a spare
     # last entry that absorbs the updates of absent draws.
-    rowb = (np.arange(a0) * (V + 1))[:, None]
-    xs = np.arange(X)[None, :]
-    added = xs < pe[:, None]
+    fixed = sub[:, : X - 1].T.astype(np.int64)  # (vertex - 1, row): vertex x's fixed edge
+    par, kid = fixed >> 6, fixed & 63
+    cols = np.arange(a0)
+    xc = np.arange(X)[:, None]
+    added = xc < pe
     weights = []
     for end_point in (par, kid):  # out-degrees (parents' weights), then in-degrees (children's)
-        deg = np.bincount((rowb + end_point).ravel(), minlength=a0 * (V + 1)).reshape(a0, V + 1)[:, :X]
-        buf = np.zeros(X * a0 + 1)
-        buf[:-1].reshape(X, a0)[:] = np.where(added, 0.5 + deg, 0.0).T
+        deg = np.bincount((end_point * a0 + cols).ravel(), minlength=(V + 1) * a0)[: X * a0].reshape(X, a0)
+        buf = np.empty(X * a0 + 1)
+        np.copyto(buf[:-1].reshape(X, a0), np.where(added, 0.5 + deg, 0.0))
         weights.append(buf)
     w_out, w_in = weights
     wo, wi = w_out[:-1].reshape(X, a0), w_in[:-1].reshape(X, a0)
     # Reach sets (bitsets, the vertex itself included): a skeleton vertex reaches the rest of its branch,
     # the start every skeleton vertex, an ancestor-chain vertex x every vertex up to it.
     one = np.uint64(1)
-    xu = np.arange(X, dtype=np.uint64)
-    bit = one << xu
-    sk = (xs >= 1) & (xs < se[:, None])
-    bound = np.full((a0, X + 1), X)  # the first vertex of each distractor, and skel_end
-    bound[:, 1:X] = np.where(sk[:, 1:] & (par == 0), xs[:, 1:], X)
-    bound[np.arange(a0), se] = se
-    end = np.minimum.accumulate(bound[:, ::-1], axis=1)[:, ::-1][:, 1:]  # the first bound after x
+    bit = one << np.arange(X, dtype=np.uint64)[:, None]
+    sk = (xc >= 1) & (xc < se)
+    bound = np.full((X + 1, a0), X)  # the first vertex of each distractor, and skel_end
+    bound[1:X] = np.where(sk[1:] & (par == 0), xc[1:], X)
+    bound[se, cols] = se
+    end = np.minimum.accumulate(bound[::-1], axis=0)[::-1][1:]  # the first bound after x
     D = np.where(sk, ((one << end.astype(np.uint64)) - one) & ~(bit - one), bit)  # x..end-1, else x itself
-    np.copyto(D, (bit << one) - one, where=(xs >= se[:, None]) & added)  # the ancestor chain: 0..x
-    D[:, 0] = (one << se.astype(np.uint64)) - one
-    D = np.ascontiguousarray(D.T)
-    bitc = bit[:, None]
+    np.copyto(D, (bit << one) - one, where=(xc >= se) & added)  # the ancestor chain: 0..x
+    D[0] = (one << se.astype(np.uint64)) - one
+    bitc, bit = bit, bit[:, 0]
     counts = np.bincount(qs)[::-1].cumsum()[::-1]  # counts[k]: rows with at least k noise vertices
     three = np.arange(3)[:, None]
     scratch, edges, goal_bit = X * a0, pe - 1, one << ls.astype(np.uint64)

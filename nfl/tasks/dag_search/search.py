@@ -28,10 +28,10 @@ def edge_search(src: np.ndarray, dst: np.ndarray, start: np.ndarray, goal: np.nd
         on = dist[fs] == d - 1
         if not on.any():
             break
-        into = np.bincount(fd[on], weights=count[fs[on]], minlength=B * W)
+        into = np.bincount(fd, weights=np.where(on, count[fs], 0.0), minlength=B * W)
         new = (into > 0) & (dist < 0)
-        dist[new] = d
-        count[new] = into[new]
+        np.copyto(dist, d, where=new)
+        np.copyto(count, into, where=new)
         if (dist[g0] >= 0).all():
             break
     return dist[g0], dist.reshape(B, W), count.reshape(B, W)
@@ -110,7 +110,12 @@ def _trace_back(rng: np.random.Generator, goal: np.ndarray, depth: np.ndarray, w
     path[rows, depth] = goal
     for t in range(int(depth.max()) - 1 if B else -1, -1, -1):
         cand, w = into(t, path[:, t + 1])
-        cum = np.cumsum(w, axis=1)
+        if w.shape[1] <= 4:  # a column at a time: cumsum along a short axis is slow
+            cum = w.copy()
+            for j in range(1, w.shape[1]):
+                cum[:, j] += cum[:, j - 1]
+        else:
+            cum = np.cumsum(w, axis=1)
         r = rng.random(B) * cum[:, -1]
         pick = np.minimum((cum <= r[:, None]).sum(axis=1), cand.shape[1] - 1)
         path[:, t] = np.where(t < depth, cand[rows, pick], path[:, t])
