@@ -97,16 +97,16 @@ def balanced_graphs(
     """``m`` balanced candidates; returns, for those within ``max_edges``, ``(code, look, search)``: the edges
     as codes ``src << 6 | dst`` (int16, rows, ``E`` slots, the edges first, then the dummy edge ``V << 6 | V``),
     the lookahead (the goal's index; the start is 0), and which graphs need a search: those with a noise
-    vertex on a path from the start to the goal. In every other graph the goal chain is the only start-goal
-    path (the distractor chains end elsewhere, and a path through noise edges passes through a noise
-    vertex), so the answer is ``0, 1, ..., l``.
+    vertex on a path from the start to the goal, and ``l >= 2``. In every other graph the goal chain is the
+    only shortest start-goal path (the distractor chains end elsewhere, and a path through noise edges
+    passes through a noise vertex and has at least two edges), so the answer is ``0, 1, ..., l``.
 
     The skeleton and the ancestor chain are laid out in closed form over all rows, in small integer types.
     Only the rows with noise vertices (about a third at the defaults, half a noise vertex per graph on
     average) go through the noise step, sorted by their number of noise vertices so that the rows with a
-    ``k``-th one are a leading slice: one pass per ``k`` (at most six), with descendant sets as uint64
-    bitsets (the no-cycle rule) and the weighted draws without replacement as exponential races (the law of
-    the reference's sequential draws). A graph over ``max_edges`` is dropped at the end."""
+    ``k``-th one are a leading slice: one pass per ``k`` (at most six), in (vertex, row) layout, with reach
+    sets as uint64 bitsets (the no-cycle rule) and the reference's sequential weighted draws without
+    replacement (:func:`_weighted_draws`). A graph over ``max_edges`` is dropped at the end."""
     dummy = V << 6 | V
     X = min(V, E + 1)  # vertex slots: a graph has at most min(max_vertices, max_edges + 1) vertices
     look = rng.integers(1, L + 1, size=m)
@@ -231,9 +231,9 @@ def balanced_graphs(
     code[noisy] = sub_flat[:-1].reshape(a0, E + 1)
     # A noise vertex on a start-goal path: reachable from the start, and reaching the goal. If there is one,
     # the last on such a path reaches the goal through its own child and fixed edges only, so it already
-    # reached the goal when it was added (`via`).
+    # reached the goal when it was added (`via`). With l = 1 the chain's one edge is shorter than any other.
     search = np.zeros(m, dtype=bool)
-    search[noisy] = (D[0] & via) != 0
+    search[noisy] = ((D[0] & via) != 0) & (ls > 1)
     keep = np.ones(m, dtype=bool)
     keep[noisy] = edges <= E
     rejected["edges"] += int(m - keep.sum())
@@ -267,10 +267,10 @@ def _weighted_draws(w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarra
     k2 = np.minimum((cw <= t).sum(0), X - 1)
     w2 = w[k2, rows]
     s2 = cw[k2, rows] - w2
-    first = k1 < k2
+    w_lo = np.where(k1 < k2, w1, w2)  # the earlier interval's, then the later one's
     t = u[2] * (total - w1 - w2)
-    t += np.where(t >= np.where(first, s1, s2), np.where(first, w1, w2), 0.0)
-    t += np.where(t >= np.where(first, s2, s1), np.where(first, w2, w1), 0.0)
+    t += np.where(t >= np.minimum(s1, s2), w_lo, 0.0)
+    t += np.where(t >= np.maximum(s1, s2), w1 + w2 - w_lo, 0.0)
     k3 = np.minimum((cw <= t).sum(0), X - 1)
     return np.stack([k1, k2, k3])
 
