@@ -8,6 +8,8 @@ Naive and balanced graphs come as edge lists ``(src, dst)`` (rows, slots) in ver
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
@@ -130,22 +132,15 @@ def balanced_graphs(
     skel_end = 1 + branches * look + np.minimum(ups[-1], spare)
     pre_end = skel_end + (rng.random(m) * (n - skel_end + 1)).astype(np.int64)  # ancestor chain: U{0..n - used}
     # One fixed edge per vertex x in 1..pre_end-1, in slot x - 1: a skeleton vertex's from x - 1 (from 0 at a
-    # branch start), an ancestor-chain vertex's to x - 1 (to 0 for the first, at skel_end).
-    x = np.arange(1, X, dtype=np.int16)
-    code = np.full((m, E + 1), dummy, dtype=np.int16)
-    code[:, : X - 1] = np.where(
-        x < skel_end.astype(np.int16)[:, None], (x - 1) << 6 | x,
-        np.where(x < pre_end.astype(np.int16)[:, None], x << 6 | (x - 1), np.int16(dummy)),
-    )
-    # Branch starts: vertex 1 (already 0 -> 1) and distractor j's first vertex, 1 + (j + 1) l + the extras
-    # before it; slot E takes the absent distractors' (and is reset).
+    # branch start), an ancestor-chain vertex's to x - 1 (to 0 for the first, at skel_end). All but the
+    # distractors' starts depend on (skel_end, pre_end) alone: one row of a small table per graph.
+    code = _fixed_edges(V, E)[skel_end * (X + 1) + pre_end]
+    # Distractor j's first vertex: 1 + (j + 1) l + the extras before it (vertex 1, the goal chain's, has its
+    # edge from 0 in the table).
     first = ((j8 + 1) * look.astype(np.int8) + 1) + np.minimum(ups - coin.view(np.int8), spare)
-    rowbase = np.arange(0, m * (E + 1), E + 1)
-    at = np.where(valid, first - 1, np.int8(E)) + rowbase
-    flat = code.reshape(-1)
-    flat[at] = first
-    flat[rowbase + np.where(pre_end > skel_end, skel_end - 1, E)] = skel_end << 6
-    code[:, E] = dummy
+    jj, rr = np.nonzero(valid)
+    at = first[jj, rr].astype(np.int64)
+    code.reshape(-1)[rr * (E + 1) + at - 1] = at
     look = look.astype(np.int64)
     q = n - pre_end  # noise vertices
     noisy = np.nonzero(q > 0)[0]
@@ -241,6 +236,24 @@ def balanced_graphs(
     if keep.all():
         return code, look, search
     return code[keep], look[keep], search[keep]
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_edges(V: int, E: int) -> np.ndarray:
+    """``(T * T, E + 1)`` int16, ``T = min(V, E + 1) + 1``: row ``se * T + pe`` holds the fixed edges of a
+    balanced graph whose skeleton ends at ``se`` and ancestor chain at ``pe`` (vertex x's in slot x - 1:
+    ``x - 1 -> x`` in the skeleton, ``x -> x - 1`` in the chain, ``se -> 0`` first), distractor starts aside;
+    the dummy edge elsewhere."""
+    X = min(V, E + 1)
+    dummy = V << 6 | V
+    se, pe = np.divmod(np.arange((X + 1) ** 2), X + 1)
+    x = np.arange(1, X)
+    table = np.full((len(se), E + 1), dummy, dtype=np.int16)
+    table[:, : X - 1] = np.where(
+        x < se[:, None], (x - 1) << 6 | x, np.where(x < pe[:, None], np.where(x == se[:, None], x << 6, x << 6 | (x - 1)), dummy)
+    )
+    table.flags.writeable = False
+    return table
 
 
 def _weighted_draws(w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
