@@ -200,7 +200,7 @@ def balanced_graphs(
         reach = np.where(has, D[kids, rows], np.uint64(0))
         d_x = reach[0] | reach[1] | reach[2]  # the children and all they reach
         below = (d_x & bitc) != 0
-        p = np.minimum(p, v - below.sum(0))
+        p = np.minimum(p, v - np.add.reduce(below.view(np.uint8), axis=0, dtype=np.uint8))
         pars = _weighted_draws(np.where(below, 0.0, wo[:, :A]), draws[3:], rows)  # none below: no cycle
         has_p = three < p
         # Edges x -> children, then parents -> x, after the row's edges so far (at most slot E).
@@ -271,21 +271,26 @@ def _weighted_draws(w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarra
         for i in range(1, X):
             cw[i] += cw[i - 1]
     total = cw[-1]
-    t = u[0] * total
-    k1 = np.minimum((cw <= t).sum(0), X - 1)
+    out = np.empty((3, A), dtype=np.intp)
+    k1, k2, k3 = out
+
+    def index(t: np.ndarray, k: np.ndarray) -> None:  # the interval of t: the running sums at or below it
+        np.minimum(np.add.reduce((cw <= t).view(np.uint8), axis=0, dtype=np.uint8), X - 1, out=k)
+
+    index(u[0] * total, k1)
     w1 = w[k1, rows]
     s1 = cw[k1, rows] - w1
     t = u[1] * (total - w1)
     t += np.where(t >= s1, w1, 0.0)
-    k2 = np.minimum((cw <= t).sum(0), X - 1)
+    index(t, k2)
     w2 = w[k2, rows]
     s2 = cw[k2, rows] - w2
     w_lo = np.where(k1 < k2, w1, w2)  # the earlier interval's, then the later one's
     t = u[2] * (total - w1 - w2)
     t += np.where(t >= np.minimum(s1, s2), w_lo, 0.0)
     t += np.where(t >= np.maximum(s1, s2), w1 + w2 - w_lo, 0.0)
-    k3 = np.minimum((cw <= t).sum(0), X - 1)
-    return np.stack([k1, k2, k3])
+    index(t, k3)
+    return out
 
 
 def balanced_edges(
