@@ -112,7 +112,7 @@ def balanced_graphs(
     dummy = V << 6 | V
     X = min(V, E + 1)  # vertex slots: a graph has at most min(max_vertices, max_edges + 1) vertices
     look = rng.integers(1, L + 1, size=m)
-    branches = rng.integers(2, np.minimum((E - 1) // look, (V - 1) // look) + 1)
+    branches = 2 + (rng.random(m) * (np.minimum((E - 1) // look, (V - 1) // look) - 1)).astype(np.int64)  # U{2..}
     n = np.minimum(np.minimum(look * branches + 1 + rng.integers(0, 6, size=m), V), E + 1)
     n = np.maximum(n, 1 + branches * look)
     # Distractor j (of branches - 1) is l + 1 long when its coin says so and the vertex budget still has a
@@ -138,9 +138,9 @@ def balanced_graphs(
     # Distractor j's first vertex: 1 + (j + 1) l + the extras before it (vertex 1, the goal chain's, has its
     # edge from 0 in the table).
     first = ((j8 + 1) * look.astype(np.int8) + 1) + np.minimum(ups - coin.view(np.int8), spare)
-    jj, rr = np.nonzero(valid)
-    at = first[jj, rr].astype(np.int64)
-    code.reshape(-1)[rr * (E + 1) + at - 1] = at
+    on = np.flatnonzero(valid)  # (distractor, row) pairs, flat
+    at = first.reshape(-1)[on].astype(np.int64)
+    code.reshape(-1)[(on % m) * (E + 1) + at - 1] = at
     look = look.astype(np.int64)
     q = n - pre_end  # noise vertices
     noisy = np.nonzero(q > 0)[0]
