@@ -419,17 +419,18 @@ def test_balanced_construction_matches_a_slow_reference():
     assert seen.sum() > 150 and (cz[seen] < 5).all(), sorted(zip(cz[seen].round(1), np.nonzero(seen)[0]))[-5:]
 
 
-def test_weighted_draws_without_replacement_have_the_sequential_law():
+@pytest.mark.parametrize("race", [False, True])
+def test_weighted_draws_without_replacement_have_the_sequential_law(race):
     # Three draws per column, each with probability proportional to weight among the vertices left: every
     # ordered triple as often as w_a / T * w_b / (T - w_a) * w_c / (T - w_a - w_b); weight 0 never drawn.
+    # Both ways of drawing (running sums for many rows, an exponential race for few).
     import itertools
 
     from nfl.tasks.dag_search.graphs import _weighted_draws
 
     w = np.array([0.5, 1.5, 2.5, 0.0, 0.5, 3.5, 1.0])
     n = 200000
-    rng = np.random.default_rng(0)
-    k = _weighted_draws(np.repeat(w[:, None], n, axis=1), rng.random((3, n)), np.arange(n))
+    k = _weighted_draws(np.random.default_rng(0), np.repeat(w[:, None], n, axis=1), np.arange(n), race=race)
     seen = np.bincount((k[0] * 7 + k[1]) * 7 + k[2], minlength=7**3) / n
     total = w.sum()
     for a, b, c in itertools.product(range(7), repeat=3):

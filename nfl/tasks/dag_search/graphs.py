@@ -194,14 +194,13 @@ def balanced_graphs(
         u = rng.integers(0, 48, size=A)
         c, r = u // 12, u % 12
         p = np.where(c == 0, 1 + r % 3, r % 4)
-        draws = rng.random((6, A))
-        kids = _weighted_draws(wi[:, :A], draws[:3], rows)  # (3, A); the first c are the children
+        kids = _weighted_draws(rng, wi[:, :A], rows)  # (3, A); the first c are the children
         has = three < c
         reach = np.where(has, D[kids, rows], np.uint64(0))
         d_x = reach[0] | reach[1] | reach[2]  # the children and all they reach
         below = (d_x & bitc) != 0
         p = np.minimum(p, v - np.add.reduce(below.view(np.uint8), axis=0, dtype=np.uint8))
-        pars = _weighted_draws(np.where(below, 0.0, wo[:, :A]), draws[3:], rows)  # none below: no cycle
+        pars = _weighted_draws(rng, np.where(below, 0.0, wo[:, :A]), rows)  # none below: no cycle
         has_p = three < p
         # Edges x -> children, then parents -> x, after the row's edges so far (at most slot E).
         at = rows * (E + 1) + edges[:A]
@@ -256,14 +255,21 @@ def _fixed_edges(V: int, E: int) -> np.ndarray:
     return table
 
 
-def _weighted_draws(w: np.ndarray, u: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _weighted_draws(rng: np.random.Generator, w: np.ndarray, rows: np.ndarray, race: bool | None = None) -> np.ndarray:
     """Three draws without replacement per column of the weights ``w`` (vertex, row), each with probability
-    proportional to weight among those left (the reference's sequential draws; weight 0: never drawn),
-    from three uniforms per row ``u`` (3, rows). Each draw is one point on the line of the cumulative
-    weights: the second's (the third's) skips the interval of the first (of the first two), so every draw
-    reads the same running sums. Weights are multiples of 0.5, so the sums are exact. Returns (3, rows)
-    vertex indices; draws past the number of positive weights are arbitrary (in range)."""
+    proportional to weight among those left (the reference's sequential draws; weight 0: never drawn).
+    Returns (3, rows) vertex indices; draws past the number of positive weights are arbitrary (in range).
+
+    Two ways with that one law, by the number of rows (or ``race``): for few rows, an exponential race
+    (the first three of ``Exp(1) / w`` to finish; a handful of calls); for many, three uniforms per row,
+    each draw one point on the line of the running sums of the weights, the second's (the third's)
+    skipping the interval of the first (of the first two), so that every draw reads the same sums
+    (weights are multiples of 0.5, so the sums are exact) and no row is sorted."""
     X, A = w.shape
+    if race if race is not None else A < 256:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.argsort(rng.standard_exponential((X, A)) / w, axis=0)[:3]
+    u = rng.random((3, A))
     if A < 512:
         cw = np.cumsum(w, axis=0)
     else:  # running sums a row of adds at a time: faster than cumsum down short columns, but X calls
