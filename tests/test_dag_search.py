@@ -464,3 +464,32 @@ def test_balanced_search_flag_marks_exactly_the_graphs_with_another_start_goal_p
         assert all((x - 1, x) in edges for x in range(1, goal + 1))
         assert bool(search[i]) == (paths(0) > 1 and goal > 1), (i, edges, goal)
     assert 0.02 < search.mean() < 0.3
+
+
+def test_balanced_ties_with_the_goal_chain_are_drawn_uniformly(monkeypatch):
+    # Most balanced graphs get the goal chain as their answer without a search; where a noise vertex makes a
+    # second route as short as the chain, the answer must still be uniform over the shortest paths. With
+    # labels equal to vertex indices (start 0, goal l), the chain 0, 1, ..., l is recognisable: it is the
+    # answer of a graph with k shortest paths, the chain among them, one time in k.
+    import nfl.tasks.dag_search as dag
+
+    def identity(rng, k, num_nodes, V, pad):
+        labels = np.repeat(np.arange(V + 1, dtype=np.uint8)[:, None], k, axis=1)
+        labels[V] = pad
+        return labels
+
+    monkeypatch.setattr(dag, "vertex_labels", identity)
+    task = DagSearch(distribution="balanced")
+    prefix, target = task.sample(np.random.default_rng(22), 8000)
+    hits, expected, tied = 0, 0.0, 0
+    for edges, s, g, answer in graphs(task, prefix, target):
+        assert s == 0
+        paths = all_shortest_paths(edges, s, g)
+        assert answer in paths
+        chain = list(range(g + 1))
+        if len(paths) > 1 and chain in paths:
+            tied += 1
+            hits += answer == chain
+            expected += 1 / len(paths)
+    assert tied > 100
+    assert abs(hits - expected) < 4 * np.sqrt(expected), (hits, expected, tied)
