@@ -383,12 +383,12 @@ def balanced_features(edges, look, V):
     return stats, {u * (V + 1) + v for u, v in edges}
 
 
-def test_balanced_construction_matches_a_slow_reference():
+@pytest.mark.parametrize("V,E,L", [(20, 24, 4), (30, 24, 4)])  # the defaults; more vertex slots than fit
+def test_balanced_construction_matches_a_slow_reference(V, E, L):
     # Means of per-graph statistics and the frequency of every edge (u, v) in vertex indices, against the
     # slow reference above: both the accepted graphs (at most max_edges edges) of the same law.
     import random
 
-    V, E, L = 20, 24, 4
     r = random.Random(0)
     ref = []
     while len(ref) < 20000:

@@ -14,8 +14,10 @@ paths from the start to it, which makes every shortest path equally likely). ``a
 tells :mod:`nfl.metrics` to count any shortest start-to-goal path as an exact match.
 
 **Labels and edge order.** Vertex labels are a uniform random injection into ``0..N-1`` (the paper: into
-``1..N``, 0 being reserved; nfl has no reserved id). The edge list is shuffled uniformly edge by edge, as
-in the C++ training generator (``generate_training_set``: ``shuffle(edges)``). The Python generators of the
+``1..N``, 0 being reserved; nfl has no reserved id). The edge list is in uniformly random order, as in
+the C++ training generator (``generate_training_set``: ``shuffle(edges)``); here by sorting a random 64-bit
+key per edge, whose ties (probability below ``E^2 / 2^52`` per graph, 1e-13 at the defaults) keep the
+vertex order, the one departure from exactly uniform. The Python generators of the
 same repository (``generate_star_graph_data``, ``generate_eval_data``) instead write edges per source vertex
 in vertex order, which puts the start's edge into the goal branch first among its edges: a positional cue
 that leaks the answer, which is not reproduced here.
@@ -40,8 +42,11 @@ without replacement among earlier vertices with weight ``0.5 + in-degree``, pare
 ``0.5 + out-degree`` among earlier vertices that are not its descendants (so no cycle forms). The degree
 counters are the reference's: skeleton and ancestor-chain degrees, plus only the noise edges counted on the
 earlier endpoint (a noise vertex's own degrees are not updated when it is added). Sampling without
-replacement by weight is done with Gumbel top-k keys, which has the same law as the reference's sequential
-draws. Simplifications and deviations:
+replacement by weight is the reference's sequential draws (each on the running sums of the weights left),
+or for a handful of graphs at once an exponential race, which has the same law. A graph's answer is its
+goal chain without a search unless a noise vertex lies on a start-goal path (then, with ``l >= 2``, it
+is searched like any edge list), which is exact: every other start-goal path passes through a noise
+vertex. Simplifications and deviations:
 
 - ``l ~ U{1..max_lookahead}``: the reference draws ``l ~ U{0..L}``, where ``l = 0`` is the single edge
   start -> goal with one or two branches, a one-step answer with nothing to search; it is left out.
@@ -64,7 +69,9 @@ made distinguishable).
 nodes (and, for naive, an unreachable goal) are redrawn, in vectorised rounds; when under 1% of (at least
 4096) candidates fit, or after a hundred candidates per requested graph, the sampler gives up with an
 :class:`InfeasibleGraphError` naming the option to raise. Everything is vectorised over the batch (loops
-run over vertex index or BFS layer only) and seeded by the caller's ``numpy.random.Generator``.
+run over vertex index, a graph's k-th noise vertex or BFS layer only) and seeded by the caller's
+``numpy.random.Generator``. Ranged draws ``U{0..r-1}`` are often ``floor(u * r)`` of a uniform double ``u``
+(uniform up to its 2^-53 resolution).
 """
 
 from __future__ import annotations

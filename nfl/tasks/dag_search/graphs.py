@@ -1,9 +1,11 @@
 """The three graph constructions of :class:`~nfl.tasks.dag_search.DagSearch` (naive, balanced, star), batched
 over rows; their laws, and where they deviate from the reference, are in the package docstring.
 
-Naive and balanced graphs come as edge lists ``(src, dst)`` (rows, slots) in vertex indices, the dummy vertex
-``V`` in unused slots, with their query ``(start, goal)``; graphs over ``max_edges`` are dropped (counted in
-``rejected["edges"]``). Star graphs need no search, so they are built directly as label arrays.
+Naive graphs come as edge lists ``(src, dst)`` (rows, slots) in vertex indices, the dummy vertex ``V`` in
+unused slots, with their query ``(start, goal)``; balanced graphs as edge codes ``src << 6 | dst`` with the
+goal and which graphs need a search (:func:`balanced_edges` gives them as edge lists). Graphs over
+``max_edges`` are dropped (counted in ``rejected["edges"]``). Star graphs need no search, so they are built
+directly as label arrays. :func:`vertex_labels` labels the searched ones.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def vertex_labels(rng: np.random.Generator, k: int, num_nodes: int, V: int, pad:
     """``(V + 1, k)``, vertex-major: per graph (column) a uniform random injection of its ``V`` vertices into
     ``0..num_nodes-1`` (the first ``V`` entries of a uniform random permutation, by a partial Fisher-Yates
     shuffle vectorised over graphs), and ``pad`` for the dummy vertex ``V``. Each step reads and writes whole
-    rows, which the graph-major layout would stride through. Small batches draw every step's swap partner
-    at once (fewer calls); large ones a step at a time (the arrays stay in cache)."""
+    rows, which the graph-major layout would stride through. Step i's swap partner is ``i + floor(u *
+    (num_nodes - i))`` of a uniform double ``u``; small batches draw every step's at once (fewer calls),
+    large ones a step at a time (the arrays stay in cache)."""
     dtype = label_dtype(num_nodes)
     arr = np.empty((max(num_nodes, V + 1), k), dtype=dtype)
     arr[:num_nodes] = np.arange(num_nodes, dtype=dtype)[:, None]
@@ -41,7 +44,8 @@ def vertex_labels(rng: np.random.Generator, k: int, num_nodes: int, V: int, pad:
     cols = np.arange(k)
     at_once = k <= 2048
     if at_once:
-        idx = ((rng.random((steps, k)) * (num_nodes - np.arange(steps))[:, None]).astype(np.intp) + np.arange(steps)[:, None]) * k + cols
+        i = np.arange(steps)[:, None]
+        idx = ((rng.random((steps, k)) * (num_nodes - i)).astype(np.intp) + i) * k + cols
     for i in range(steps):
         j = idx[i] if at_once else ((rng.random(k) * (num_nodes - i)).astype(np.intp) + i) * k + cols
         tmp = flat[j]
@@ -106,7 +110,7 @@ def balanced_graphs(
     The skeleton and the ancestor chain are laid out in closed form over all rows, in small integer types.
     Only the rows with noise vertices (about a third at the defaults, half a noise vertex per graph on
     average) go through the noise step, sorted by their number of noise vertices so that the rows with a
-    ``k``-th one are a leading slice: one pass per ``k`` (at most six), in (vertex, row) layout, with reach
+    ``k``-th one are a leading slice: one pass per ``k`` (at most five), in (vertex, row) layout, with reach
     sets as uint64 bitsets (the no-cycle rule) and the reference's sequential weighted draws without
     replacement (:func:`_weighted_draws`). A graph over ``max_edges`` is dropped at the end."""
     dummy = V << 6 | V
