@@ -395,7 +395,7 @@ def test_balanced_construction_matches_a_slow_reference(V, E, L):
         edges, look = reference_balanced(r, V, E, L)
         if len(edges) <= E:
             ref.append(balanced_features(edges, look, V))
-    src, dst, start, goal = balanced_edges(np.random.default_rng(2), 20500, V, E, L, {"edges": 0})
+    src, dst, _, goal = balanced_edges(np.random.default_rng(2), 20500, V, E, L, {"edges": 0})
     ours = []
     for i in range(len(src)):
         on = src[i] < V
@@ -444,25 +444,25 @@ def test_balanced_search_flag_marks_exactly_the_graphs_with_another_start_goal_p
     # Unflagged graphs get the goal chain as their answer without a search: that is right when the chain is
     # the only start-goal path, or it is one edge long (l = 1; any other path has two or more); a graph with
     # another path (through a noise vertex) and l >= 2 is flagged.
-    from functools import lru_cache
-
     V, E, L = 20, 24, 4
     code, look, search = balanced_graphs(np.random.default_rng(6), 4000, V, E, L, {"edges": 0})
     code = code.astype(np.int64)
     for i in range(len(code)):
         on = code[i] != (V << 6 | V)
         edges = list(zip((code[i][on] >> 6).tolist(), (code[i][on] & 63).tolist()))
+        goal = int(look[i])
         succ = {}
         for u, v in edges:
             succ.setdefault(u, []).append(v)
-        goal = int(look[i])
+        memo = {goal: 1}
 
-        @lru_cache(maxsize=None)
-        def paths(u):
-            return 1 if u == goal else sum(paths(v) for v in succ.get(u, []))
+        def through(u, succ=succ, memo=memo):
+            if u not in memo:
+                memo[u] = sum(through(v) for v in succ.get(u, []))
+            return memo[u]
 
         assert all((x - 1, x) in edges for x in range(1, goal + 1))
-        assert bool(search[i]) == (paths(0) > 1 and goal > 1), (i, edges, goal)
+        assert bool(search[i]) == (through(0) > 1 and goal > 1), (i, edges, goal)
     assert 0.02 < search.mean() < 0.3
 
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
-
 _WORD64 = (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64)  # 64-bit raw outputs
 
 
@@ -241,7 +240,7 @@ def balanced_graphs(
     return code[keep], look[keep], search[keep]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fixed_edges(V: int, E: int) -> np.ndarray:
     """``(T * T, E + 1)`` int16, ``T = min(V, E + 1) + 1``: row ``se * T + pe`` holds the fixed edges of a
     balanced graph whose skeleton ends at ``se`` and ancestor chain at ``pe`` (vertex x's in slot x - 1:
@@ -252,14 +251,15 @@ def _fixed_edges(V: int, E: int) -> np.ndarray:
     se, pe = np.divmod(np.arange((X + 1) ** 2), X + 1)
     x = np.arange(1, X)
     table = np.full((len(se), E + 1), dummy, dtype=np.int16)
-    table[:, : X - 1] = np.where(
-        x < se[:, None], (x - 1) << 6 | x, np.where(x < pe[:, None], np.where(x == se[:, None], x << 6, x << 6 | (x - 1)), dummy)
-    )
+    chain = np.where(x == se[:, None], x << 6, x << 6 | (x - 1))  # to 0 from the first, else to x - 1
+    table[:, : X - 1] = np.where(x < se[:, None], (x - 1) << 6 | x, np.where(x < pe[:, None], chain, dummy))
     table.flags.writeable = False
     return table
 
 
-def _weighted_draws(rng: np.random.Generator, w: np.ndarray, rows: np.ndarray, race: bool | None = None) -> np.ndarray:
+def _weighted_draws(
+    rng: np.random.Generator, w: np.ndarray, rows: np.ndarray, race: bool | None = None
+) -> np.ndarray:
     """Three draws without replacement per column of the weights ``w`` (vertex, row), each with probability
     proportional to weight among those left (the reference's sequential draws; weight 0: never drawn).
     Returns (3, rows) vertex indices; draws past the number of positive weights are arbitrary (in range).
