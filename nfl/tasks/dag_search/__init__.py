@@ -247,9 +247,10 @@ class DagSearch(GraphTask):
             path = edge_trace_back(rng, src, dst, dist, count, goal[s], depth[s], P)
         labels, parents, children = self._labels(rng, code)
         k = len(code)
-        nodes = np.ascontiguousarray(labels[: min(P, V + 1)].T)  # the goal chain; entries past the goal unread
+        width = min(P, V + 1)  # answers have at most l + 1 <= V nodes
+        nodes = np.ascontiguousarray(labels[:width].T)  # the goal chain; entries past the goal are not read
         if len(s):
-            nodes[s, :P] = labels.reshape(-1)[path * k + s[:, None]]
+            nodes[s] = labels.reshape(-1)[path[:, :width] * k + s[:, None]]
         return parents, children, labels[0], labels[goal, np.arange(k)], nodes, depth + 1
 
     def _labels(self, rng: np.random.Generator, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
