@@ -498,10 +498,10 @@ def test_balanced_ties_with_the_goal_chain_are_drawn_uniformly(monkeypatch):
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_answer_slots_wider_than_the_graph(distribution):
     # max_path_len above max_vertices + 1: answer rows have more slots than a graph has vertices.
-    task = DagSearch(distribution=distribution, max_vertices=5, num_nodes=6, max_edges=5, max_lookahead=2,
-                     max_path_len=10)
+    task = DagSearch(distribution=distribution, max_vertices=9, num_nodes=10, max_edges=12, max_lookahead=2,
+                     max_path_len=12)
     prefix, target = task.sample(np.random.default_rng(1), 500)
-    assert target.shape == (500, 11)
+    assert target.shape == (500, 13)
     for edges, s, g, answer in graphs(task, prefix, target):
         assert answer[0] == s and answer[-1] == g and len(answer) - 1 == python_bfs(edges, s)[g]
         assert all(step in set(edges) for step in zip(answer[:-1], answer[1:]))
