@@ -26,7 +26,9 @@ Run::
     python benchmarks/samplers.py            # full run: batches 256 and 65536, 1,000,000-graph files (~3 min)
     python benchmarks/samplers.py --quick    # smaller counts, ~20 s, for a smoke test
 
-``--batches``, ``--repeats``, ``--python-graphs``, ``--gen-n`` and ``--ref-n`` override the counts. When the
+``--batches``, ``--repeats``, ``--python-graphs``, ``--gen-n`` and ``--ref-n`` override the counts; ``--only
+DagSearch`` (any words of the setting names) samples just those settings, and ``--skip generation`` leaves
+the file section out. When the
 stand-in writes fewer graphs than nfl (``--ref-n`` below ``--gen-n``) its time is scaled linearly to the same
 count, and the table says so.
 
@@ -416,12 +418,13 @@ def sampling_section(args: argparse.Namespace) -> None:
     print(f"\n## Sampling: graphs/s (nfl: median of {args.repeats} after a warm-up; per-graph Python: "
           f"{args.python_graphs} graphs a repeat)\n")
     print("check: nfl/python means of edges, answer nodes, first edge from start; ok = within 4 SE\n")
-    for name, task in settings():
+    chosen = [(name, task) for name, task in settings() if not args.only or any(w in name for w in args.only)]
+    for name, task in chosen:
         print(f"  {name:<32} {check_sampler(task, args.check_graphs, rng)}")
     head = f"{'setting':<32} {'nfl b=' + str(small):>13} {'nfl b=' + str(big):>13} {'python':>10} " \
            f"{'x (b=' + str(small) + ')':>11} {'x (b=' + str(big) + ')':>11}"
     print("\n" + head + "\n" + "-" * len(head))
-    for name, task in settings():
+    for name, task in chosen:
         t_small = median_seconds(lambda: task.sample(rng, small), args.repeats)
         t_big = median_seconds(lambda: task.sample(rng, big), args.repeats)
         draw, k = per_graph_sampler(task), args.python_graphs
@@ -553,6 +556,8 @@ def main() -> None:
     parser.add_argument("--gen-n", type=int, help="graphs nfl.data generate writes (1,000,000)")
     parser.add_argument("--ref-n", type=int, help="graphs the reference stand-in writes, scaled to --gen-n (1,000,000)")
     parser.add_argument("--skip", choices=["sampling", "generation"], help="leave one section out")
+    parser.add_argument("--only", nargs="+", metavar="WORD",
+                        help="sample only the settings whose name contains one of these (e.g. DagSearch)")
     args = parser.parse_args()
     if args.quick:
         defaults = dict(batches=[256, 8192], repeats=3, python_graphs=1000, check_graphs=1000, gen_n=100_000,

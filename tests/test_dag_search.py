@@ -11,7 +11,7 @@ import pytest
 
 from nfl.tasks.base import IGNORE_INDEX, InfeasibleGraphError
 from nfl.tasks.dag_search import DagSearch
-from nfl.tasks.dag_search.graphs import balanced_edges
+from nfl.tasks.dag_search.graphs import balanced_edges, balanced_graphs
 from nfl.tasks.dag_search.search import edge_search, edge_trace_back, topo_search, topo_trace_back
 
 DISTRIBUTIONS = ["naive", "balanced", "star"]
@@ -292,3 +292,216 @@ def test_hopeless_rejection_gives_up_naming_the_option():
     task = DagSearch(distribution="naive", num_nodes=60, max_vertices=60, max_edges=2)
     with pytest.raises(InfeasibleGraphError, match="raise max_edges"):
         task.sample(np.random.default_rng(0), 50)
+
+
+# --- the balanced construction against a slow per-graph reference ---------------------------------------
+def reference_balanced(r, V, E, L):
+    """One balanced graph in vertex indices, drawn the slow way (plain Python, ``random.Random`` ``r``): the
+    construction of the package docstring with sequential weighted draws without replacement (as the
+    reference's C++ draws them, no exponential races) and descendants by depth-first search."""
+    look = r.randint(1, L)
+    B = r.randint(2, min((E - 1) // look, (V - 1) // look))
+    n = max(min(look * B + 1 + r.randint(0, 5), V, E + 1), 1 + B * look)
+    edges = [(x - 1, x) for x in range(1, look + 1)]
+    pos = look + 1
+    for j in range(B - 1):
+        length = look + (n - pos - (B - 1 - j) * look >= 1 and r.random() < 0.5)
+        edges += [(0 if x == pos else x - 1, x) for x in range(pos, pos + length)]
+        pos += length
+    pre_end = pos + r.randint(0, n - pos)
+    edges += [(x, 0 if x == pos else x - 1) for x in range(pos, pre_end)]
+    in_deg, out_deg, children = [0] * n, [0] * n, [[] for _ in range(n)]
+    for u, v in edges:
+        out_deg[u] += 1
+        in_deg[v] += 1
+        children[u].append(v)
+
+    def draw(items, weights, k):
+        items, weights, out = list(items), list(weights), []
+        for _ in range(k):
+            t, acc = r.random() * sum(weights), 0.0
+            i = 0
+            while i < len(items) - 1 and acc + weights[i] <= t:
+                acc += weights[i]
+                i += 1
+            out.append(items.pop(i))
+            weights.pop(i)
+        return out
+
+    for x in range(pre_end, n):
+        c = min(r.randint(0, 3), x)
+        p = min(r.randint(1, 3) if c == 0 else r.randint(0, 3), x)
+        kids = draw(range(x), [0.5 + in_deg[u] for u in range(x)], c)
+        below, stack = set(), list(kids)
+        while stack:
+            u = stack.pop()
+            if u not in below:
+                below.add(u)
+                stack.extend(children[u])
+        others = [u for u in range(x) if u not in below]
+        parents = draw(others, [0.5 + out_deg[u] for u in others], min(p, len(others)))
+        edges += [(x, u) for u in kids] + [(u, x) for u in parents]
+        children[x] += kids
+        for u in parents:
+            children[u].append(x)
+        for u in kids:
+            in_deg[u] += 1
+        for u in parents:
+            out_deg[u] += 1
+    return edges, look
+
+
+def balanced_features(edges, look, V):
+    """Per graph: statistics that a wrong attachment rule, skeleton or shortcut would move, and the edge set."""
+    succ = {}
+    for u, v in edges:
+        succ.setdefault(u, []).append(v)
+    dist, count, queue = {0: 0}, {0: 1}, deque([0])
+    while queue:
+        u = queue.popleft()
+        for v in succ.get(u, []):
+            if v not in dist:
+                dist[v], count[v] = dist[u] + 1, count[u]
+                queue.append(v)
+            elif dist[v] == dist[u] + 1:
+                count[v] += count[u]
+    indeg, outdeg = [0] * (V + 1), [0] * (V + 1)
+    for u, v in edges:
+        outdeg[u] += 1
+        indeg[v] += 1
+    into, outof = indeg.__getitem__, outdeg.__getitem__
+    back = [(u, v) for u, v in edges if u > v]  # the ancestor chain's edges and the noise vertices' to children
+    n = 1 + max(max(e) for e in edges)  # every vertex has an edge
+    stats = [
+        len(edges), len(edges) - (n - 1),  # the second: noise edges less noise vertices, sum of (c + p - 1)
+        n, len(back), sum(v for _, v in back), sum(1 <= v <= look for _, v in back),  # the last: noise children
+        into(0), max(into(0) - 1, 0), outof(0), into(look), outof(look),  # beyond the chain's edge; beyond B
+        dist[look], min(count[look], 4), len(dist), look,
+        sum(d * d for d in indeg), sum(d * d for d in outdeg),  # preferential attachment
+        sum(u >= n - 3 and v >= n - 3 for u, v in edges),  # among the last vertices (noise ones, if any)
+    ]
+    return stats, {u * (V + 1) + v for u, v in edges}
+
+
+@pytest.mark.parametrize("V,E,L", [(20, 24, 4), (30, 24, 4)])  # the defaults; more vertex slots than fit
+def test_balanced_construction_matches_a_slow_reference(V, E, L):
+    # Means of per-graph statistics and the frequency of every edge (u, v) in vertex indices, against the
+    # slow reference above: both the accepted graphs (at most max_edges edges) of the same law.
+    import random
+
+    r = random.Random(0)
+    ref = []
+    while len(ref) < 20000:
+        edges, look = reference_balanced(r, V, E, L)
+        if len(edges) <= E:
+            ref.append(balanced_features(edges, look, V))
+    src, dst, _, goal = balanced_edges(np.random.default_rng(2), 20500, V, E, L, {"edges": 0})
+    ours = []
+    for i in range(len(src)):
+        on = src[i] < V
+        ours.append(balanced_features(list(zip(src[i][on].tolist(), dst[i][on].tolist())), int(goal[i]), V))
+    a = np.array([s for s, _ in ref], dtype=float)
+    b = np.array([s for s, _ in ours], dtype=float)
+    se = np.sqrt(a.var(0) / len(a) + b.var(0) / len(b))
+    z = np.abs(a.mean(0) - b.mean(0)) / np.maximum(se, 1e-12)
+    assert (z < 4.5).all(), (z.round(1), a.mean(0).round(3), b.mean(0).round(3))
+    cells = (V + 1) ** 2
+    fa = np.zeros(cells)
+    fb = np.zeros(cells)
+    for _, es in ref:
+        fa[list(es)] += 1
+    for _, es in ours:
+        fb[list(es)] += 1
+    pa, pb = fa / len(a), fb / len(b)
+    pool = (fa + fb) / (len(a) + len(b))
+    cz = np.abs(pa - pb) / np.sqrt(np.maximum(pool * (1 - pool), 1e-12) * (1 / len(a) + 1 / len(b)))
+    seen = (fa + fb) >= 10
+    assert seen.sum() > 150 and (cz[seen] < 5).all(), sorted(zip(cz[seen].round(1), np.nonzero(seen)[0]))[-5:]
+
+
+@pytest.mark.parametrize("race", [False, True])
+def test_weighted_draws_without_replacement_have_the_sequential_law(race):
+    # Three draws per column, each with probability proportional to weight among the vertices left: every
+    # ordered triple as often as w_a / T * w_b / (T - w_a) * w_c / (T - w_a - w_b); weight 0 never drawn.
+    # Both ways of drawing (running sums for many rows, an exponential race for few).
+    import itertools
+
+    from nfl.tasks.dag_search.graphs import _weighted_draws
+
+    w = np.array([0.5, 1.5, 2.5, 0.0, 0.5, 3.5, 1.0])
+    n = 200000
+    k = _weighted_draws(np.random.default_rng(0), np.repeat(w[:, None], n, axis=1), np.arange(n), race=race)
+    seen = np.bincount((k[0] * 7 + k[1]) * 7 + k[2], minlength=7**3) / n
+    total = w.sum()
+    for a, b, c in itertools.product(range(7), repeat=3):
+        distinct = len({a, b, c}) == 3
+        pr = w[a] / total * w[b] / (total - w[a]) * w[c] / (total - w[a] - w[b]) if distinct else 0.0
+        f = seen[(a * 7 + b) * 7 + c]
+        assert abs(f - pr) <= 4.5 * np.sqrt(pr * (1 - pr) / n), ((a, b, c), f, pr)
+
+
+def test_balanced_search_flag_marks_exactly_the_graphs_with_another_start_goal_path():
+    # Unflagged graphs get the goal chain as their answer without a search: that is right when the chain is
+    # the only start-goal path, or it is one edge long (l = 1; any other path has two or more); a graph with
+    # another path (through a noise vertex) and l >= 2 is flagged.
+    V, E, L = 20, 24, 4
+    code, look, search = balanced_graphs(np.random.default_rng(6), 4000, V, E, L, {"edges": 0})
+    code = code.astype(np.int64)
+    for i in range(len(code)):
+        on = code[i] != (V << 6 | V)
+        edges = list(zip((code[i][on] >> 6).tolist(), (code[i][on] & 63).tolist()))
+        goal = int(look[i])
+        succ = {}
+        for u, v in edges:
+            succ.setdefault(u, []).append(v)
+        memo = {goal: 1}
+
+        def through(u, succ=succ, memo=memo):
+            if u not in memo:
+                memo[u] = sum(through(v) for v in succ.get(u, []))
+            return memo[u]
+
+        assert all((x - 1, x) in edges for x in range(1, goal + 1))
+        assert bool(search[i]) == (through(0) > 1 and goal > 1), (i, edges, goal)
+    assert 0.02 < search.mean() < 0.3
+
+
+def test_balanced_ties_with_the_goal_chain_are_drawn_uniformly(monkeypatch):
+    # Most balanced graphs get the goal chain as their answer without a search; where a noise vertex makes a
+    # second route as short as the chain, the answer must still be uniform over the shortest paths. With
+    # labels equal to vertex indices (start 0, goal l), the chain 0, 1, ..., l is recognisable: it is the
+    # answer of a graph with k shortest paths, the chain among them, one time in k.
+    import nfl.tasks.dag_search as dag
+
+    def identity(rng, k, num_nodes, V, pad):
+        labels = np.repeat(np.arange(V + 1, dtype=np.uint8)[:, None], k, axis=1)
+        labels[V] = pad
+        return labels
+
+    monkeypatch.setattr(dag, "vertex_labels", identity)
+    task = DagSearch(distribution="balanced")
+    prefix, target = task.sample(np.random.default_rng(22), 8000)
+    hits, expected, tied = 0, 0.0, 0
+    for edges, s, g, answer in graphs(task, prefix, target):
+        assert s == 0
+        paths = all_shortest_paths(edges, s, g)
+        assert answer in paths
+        chain = list(range(g + 1))
+        if len(paths) > 1 and chain in paths:
+            tied += 1
+            hits += answer == chain
+            expected += 1 / len(paths)
+    assert tied > 100
+    assert abs(hits - expected) < 4 * np.sqrt(expected), (hits, expected, tied)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_answer_slots_wider_than_the_graph(distribution):
+    # max_path_len above max_vertices + 1: answer rows have more slots than a graph has vertices.
+    task = DagSearch(distribution=distribution, max_vertices=9, num_nodes=10, max_edges=12, max_lookahead=2,
+                     max_path_len=12)
+    prefix, target = task.sample(np.random.default_rng(1), 500)
+    assert target.shape == (500, 13)
+    for edges, s, g, answer in graphs(task, prefix, target):
+        assert answer[0] == s and answer[-1] == g and len(answer) - 1 == python_bfs(edges, s)[g]
+        assert all(step in set(edges) for step in zip(answer[:-1], answer[1:]))

@@ -14,8 +14,10 @@ paths from the start to it, which makes every shortest path equally likely). ``a
 tells :mod:`nfl.metrics` to count any shortest start-to-goal path as an exact match.
 
 **Labels and edge order.** Vertex labels are a uniform random injection into ``0..N-1`` (the paper: into
-``1..N``, 0 being reserved; nfl has no reserved id). The edge list is shuffled uniformly edge by edge, as
-in the C++ training generator (``generate_training_set``: ``shuffle(edges)``). The Python generators of the
+``1..N``, 0 being reserved; nfl has no reserved id). The edge list is in uniformly random order, as in
+the C++ training generator (``generate_training_set``: ``shuffle(edges)``); here by sorting a random 64-bit
+key per edge, whose ties (probability below ``E^2 / 2^52`` per graph, 1e-13 at the defaults) keep the
+vertex order, the one departure from exactly uniform. The Python generators of the
 same repository (``generate_star_graph_data``, ``generate_eval_data``) instead write edges per source vertex
 in vertex order, which puts the start's edge into the goal branch first among its edges: a positional cue
 that leaks the answer, which is not reproduced here.
@@ -40,8 +42,11 @@ without replacement among earlier vertices with weight ``0.5 + in-degree``, pare
 ``0.5 + out-degree`` among earlier vertices that are not its descendants (so no cycle forms). The degree
 counters are the reference's: skeleton and ancestor-chain degrees, plus only the noise edges counted on the
 earlier endpoint (a noise vertex's own degrees are not updated when it is added). Sampling without
-replacement by weight is done with Gumbel top-k keys, which has the same law as the reference's sequential
-draws. Simplifications and deviations:
+replacement by weight is the reference's sequential draws (each on the running sums of the weights left),
+or for a handful of graphs at once an exponential race, which has the same law. A graph's answer is its
+goal chain without a search unless a noise vertex lies on a start-goal path (then, with ``l >= 2``, it
+is searched like any edge list), which is exact: every other start-goal path passes through a noise
+vertex. Simplifications and deviations:
 
 - ``l ~ U{1..max_lookahead}``: the reference draws ``l ~ U{0..L}``, where ``l = 0`` is the single edge
   start -> goal with one or two branches, a one-step answer with nothing to search; it is left out.
@@ -64,7 +69,9 @@ made distinguishable).
 nodes (and, for naive, an unreachable goal) are redrawn, in vectorised rounds; when under 1% of (at least
 4096) candidates fit, or after a hundred candidates per requested graph, the sampler gives up with an
 :class:`InfeasibleGraphError` naming the option to raise. Everything is vectorised over the batch (loops
-run over vertex index or BFS layer only) and seeded by the caller's ``numpy.random.Generator``.
+run over vertex index, a graph's k-th noise vertex or BFS layer only) and seeded by the caller's
+``numpy.random.Generator``. Ranged draws ``U{0..r-1}`` are often ``floor(u * r)`` of a uniform double ``u``
+(uniform up to its 2^-53 resolution).
 """
 
 from __future__ import annotations
@@ -75,9 +82,8 @@ from typing import Literal
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
-from nfl.tasks.dag_search.graphs import balanced_edges, naive_edges, star_graphs
+from nfl.tasks.dag_search.graphs import balanced_graphs, naive_edges, random_words, star_graphs, vertex_labels
 from nfl.tasks.dag_search.search import edge_search, edge_trace_back, topo_search, topo_trace_back
-from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
 
 _CELLS = 1 << 22  # candidate graphs per round: at most _CELLS // V**2 (the round sizes set the random stream)
 
@@ -207,48 +213,66 @@ class DagSearch(GraphTask):
     def _draw(self, rng: np.random.Generator, m: int, rejected: dict[str, int]) -> tuple[np.ndarray, ...]:
         """``m`` candidate graphs; the accepted ones as label arrays (edges, query, paths, lengths).
 
-        Graphs are edge lists ``(src, dst)`` (rows, slots) in vertex indices, ``V`` (a dummy vertex) in unused
-        slots; no step of the search costs ``V * V`` per graph."""
+        Graphs are edge lists in vertex indices (``src << 6 | dst`` codes, the dummy vertex ``V`` in unused
+        slots); no step of the search costs ``V * V`` per graph."""
         V, E, P = self.max_vertices, self.max_edges, self.max_path_len
-        # Both constructions drop graphs over max_edges; naive has the parents of vertex i in slots 3i..3i+2.
         if self.distribution == "naive":
+            # Naive has the parents of vertex i in slots 3i..3i+2, which the topological search reads.
             src, dst, start, goal = naive_edges(rng, m, V, E, rejected)
             depth, dist, count = topo_search(src, start, goal, V)
-        else:
-            src, dst, start, goal = balanced_edges(rng, m, V, E, self.max_lookahead, rejected)
-            depth, dist, count = edge_search(src, dst, start, goal, V)
-        reach = depth >= 1
-        short = reach & (depth + 1 <= P)
-        rejected["path"] += int((reach & ~short).sum())
-        rejected["unreachable"] += int((~reach).sum())
-        if not short.all():
-            src, dst, start, goal = src[short], dst[short], start[short], goal[short]
-            dist, count, depth = dist[short], count[short], depth[short]
-        k = len(src)
-        if self.distribution == "naive":
+            reach = depth >= 1
+            short = reach & (depth + 1 <= P)
+            rejected["path"] += int((reach & ~short).sum())
+            rejected["unreachable"] += int((~reach).sum())
+            if not short.all():
+                src, dst, start, goal = src[short], dst[short], start[short], goal[short]
+                dist, count, depth = dist[short], count[short], depth[short]
             path = topo_trace_back(rng, src, dist, count, goal, depth, P, V)
-        else:
-            path = edge_trace_back(rng, src, dst, dist, count, goal, depth, P)
+            labels, parents, children = self._labels(rng, src.astype(np.int16) << 6 | dst)
+            k = len(src)
+            rk = np.arange(k)
+            nodes = labels.reshape(-1)[path * k + rk[:, None]]
+            return parents, children, labels[start, rk], labels[goal, rk], nodes, depth + 1
+        # The goal chain 0, 1, ..., l is the answer unless a noise vertex lies on a start-goal path
+        # (graphs.balanced_graphs); only those graphs are searched. Every goal is reachable, and no answer is
+        # longer than l + 1 <= P.
+        code, goal, search = balanced_graphs(rng, m, V, E, self.max_lookahead, rejected)
+        depth = goal.copy()
+        s = np.nonzero(search)[0]
+        if len(s):
+            c = code[s].astype(np.int64)
+            src, dst = c >> 6, c & 63
+            start = np.zeros(len(s), dtype=np.int64)
+            depth[s], dist, count = edge_search(src, dst, start, goal[s], V)
+            path = edge_trace_back(rng, src, dst, dist, count, goal[s], depth[s], P)
+        labels, parents, children = self._labels(rng, code)
+        k = len(code)
+        width = min(P, V + 1)  # answers have at most l + 1 <= V nodes
+        nodes = np.ascontiguousarray(labels[:width].T)  # the goal chain; entries past the goal are not read
+        if len(s):
+            nodes[s] = labels.reshape(-1)[path[:, :width] * k + s[:, None]]
+        return parents, children, labels[0], labels[goal, np.arange(k)], nodes, depth + 1
 
-        labels = np.empty((k, V + 1), dtype=label_dtype(self.num_nodes))  # column V: the dummy, pad
-        labels[:, :V] = random_injection(rng, k, self.num_nodes, V, labels.dtype)
-        labels[:, V] = self.pad
-        # The edges to the last slots (unused slots first), then a uniform order of them.
-        # Codes src * (V + 1) + dst in int16 (the shuffle moves them a column at a time); every slot scatters
-        # at once, absent edges into a spare last column that is then dropped.
-        present = src < V
-        count_e = present.sum(1)
-        code = np.full((k, E + 1), V * (V + 1) + V, dtype=np.int16)  # the dummy edge
-        if k:
-            slot = np.where(present, (E - count_e)[:, None] + np.cumsum(present, axis=1) - 1, E)
-            slot += (np.arange(k) * (E + 1))[:, None]
-            code.reshape(-1)[slot.reshape(-1)] = (src * (V + 1) + dst).reshape(-1)
-        code = np.ascontiguousarray(code[:, :E])
-        shuffle_suffix(rng, code, E - count_e)
-        rk = np.arange(k)
-        parents = np.take_along_axis(labels, code // (V + 1), axis=1)
-        children = np.take_along_axis(labels, code % (V + 1), axis=1)
-        return (
-            parents, children, labels[rk, start], labels[rk, goal],
-            np.take_along_axis(labels, path, axis=1), depth + 1,
-        )
+    def _labels(self, rng: np.random.Generator, code: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels for graphs given as edge codes ``src << 6 | dst`` (rows, slots; the dummy edge in unused
+        slots, anywhere, at most ``max_edges`` edges a row): ``(labels, parents, children)``, the labels
+        vertex-major (``(V + 1, k)``, row ``V`` the dummy's, ``pad``) and the edges (k, max_edges) in labels,
+        unused slots first, the edges in a uniformly random order."""
+        V, E = self.max_vertices, self.max_edges
+        k = len(code)
+        labels = vertex_labels(rng, k, self.num_nodes, V, self.pad)
+        flat = labels.reshape(-1)
+        rk = np.arange(k)[:, None]
+        # A uniform order of each graph's edges, after its unused slots: sort keys of a random word per slot
+        # with the edge's code in the low 12 bits and the top bit set (the dummy edge's key is its bare code,
+        # so unused slots sort first). Two edges of a graph tie, and keep their code order, with probability
+        # below E^2 / 2^52 per graph (1e-13 at E = 24): the one departure from uniform.
+        dummy = V << 6 | V
+        key = random_words(rng, code.shape)
+        key |= np.uint64(1 << 63)
+        key &= np.uint64(~4095 & 0xFFFFFFFFFFFFFFFF)
+        key |= code.astype(np.uint64)
+        np.copyto(key, np.uint64(dummy), where=code == dummy)
+        key.sort(axis=1)
+        key = key[:, key.shape[1] - E :].astype(np.int64)
+        return labels, flat[(key >> 6 & 63) * k + rk], flat[(key & 63) * k + rk]
