@@ -203,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     graphs = (torch.from_numpy(a).to(device) for a in task.sample(np.random.default_rng(1), args.eval_graphs))
     batches = list(zip(*(g.split(data.eval_batch_size) for g in graphs)))
     objective = system.objective
-    modes = [("cached", True), ("uncached", False)] if hasattr(objective, "use_cache") else [("one pass", None)]
+    modes = [("cached", True), ("uncached", False)] if hasattr(objective, "use_cache") else [("own", None)]
     for name, use_cache in [*modes, ("tf + free", True)]:
         if use_cache is not None and hasattr(objective, "use_cache"):
             objective.use_cache = use_cache

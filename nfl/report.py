@@ -142,12 +142,14 @@ def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str
     def pct(r: dict, c: str) -> str:
         if f"{c}_mean" not in r or r[f"{c}_mean"] != r[f"{c}_mean"]:  # not logged by this run (NaN)
             return "–"
+        if r["seeds"] == 1:  # one seed has no spread to show
+            return f"{100 * r[c + '_mean']:.1f}"
         return f"{100 * r[c + '_mean']:.1f} ± {100 * r[c + '_std']:.1f}"
 
     lines = [
         f"# {title}",
         "",
-        "Mean ± standard deviation over seeds of the final test metrics, in %. The decision positions are those",
+        "Mean ± standard deviation over seeds of the final test metrics, in % (one seed: its value). The decision positions are those",
         "whose predecessor on the path has more than one way on; teacher-forced (tf) accuracy high off them while",
         "the decision sits at chance is the Clever-Hans signature (`tf pos>=3`: path-star positions 3..l).",
         "",
