@@ -94,10 +94,9 @@ class Backbone(nn.Module):
         if position_ids and not self.supports_position_ids:
             lacks.append("position ids")
         if lacks:
-            capable = [b for b in ("GPT",) if b != name]
             raise UserInputError(
-                f"{who} needs {' and '.join(lacks)}, which {name} does not offer; use "
-                f"{' or '.join('nfl.models.' + b for b in capable) or 'another backbone'}."
+                f"{who} needs {' and '.join(lacks)}, which {name} does not offer; use nfl.models.GPT, which has "
+                "every attention mode, masks and position ids."
             )
 
     def _plain_call_only(
