@@ -36,6 +36,8 @@ def test_bench_times_an_objective_against_another_in_the_same_run(tiny_config, c
     own = float(next(l for l in out.splitlines() if l.startswith("train  ")).split("ms/step")[0].split(":")[1])
     versus = float(line.split(": ")[1].split(" ms/step")[0])
     ratio = float(line.rsplit("= ", 1)[1].rstrip("x"))
-    assert "BeliefState / TeacherForcing" in line and abs(ratio - own / versus) < 0.02
+    # The step times are printed to 0.1 ms and the ratio to 0.01: equal up to those roundings.
+    rounding = own / versus * (0.05 / own + 0.05 / versus) + 0.005
+    assert "BeliefState / TeacherForcing" in line and abs(ratio - own / versus) <= rounding
     assert bench.main([*args[:-1], "nfl.objectives.NoSuchThing"]) == 2
     assert "error: --versus:" in capsys.readouterr().err
