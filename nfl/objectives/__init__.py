@@ -5,10 +5,11 @@ from nfl.objectives.belief_state import BeliefState
 from nfl.objectives.masked_diffusion import MaskedDiffusion
 from nfl.objectives.multi_token import MultiTokenHeads
 from nfl.objectives.nextlat import NextLat
+from nfl.objectives.registers import Registers
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.objectives.teacherless import Teacherless
 
 __all__ = [
-    "BeliefState", "MaskedDiffusion", "MultiTokenHeads", "NextLat", "Objective", "ObjectiveOutput", "TeacherForcing",
-    "Teacherless",
+    "BeliefState", "MaskedDiffusion", "MultiTokenHeads", "NextLat", "Objective", "ObjectiveOutput", "Registers",
+    "TeacherForcing", "Teacherless",
 ]
