@@ -8,8 +8,9 @@ from nfl.objectives.nextlat import NextLat
 from nfl.objectives.registers import Registers
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.objectives.teacherless import Teacherless
+from nfl.objectives.trelawney import Trelawney
 
 __all__ = [
     "BeliefState", "MaskedDiffusion", "MultiTokenHeads", "NextLat", "Objective", "ObjectiveOutput", "Registers",
-    "TeacherForcing", "Teacherless",
+    "TeacherForcing", "Teacherless", "Trelawney",
 ]
