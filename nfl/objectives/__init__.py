@@ -3,12 +3,14 @@
 from nfl.objectives.base import Objective, ObjectiveOutput
 from nfl.objectives.belief_state import BeliefState
 from nfl.objectives.masked_diffusion import MaskedDiffusion
+from nfl.objectives.masked_teacher_forcing import MaskedTeacherForcing
 from nfl.objectives.multi_token import MultiTokenHeads
 from nfl.objectives.nextlat import NextLat
+from nfl.objectives.rank_into_future import RankIntoFuture
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.objectives.teacherless import Teacherless
 
 __all__ = [
-    "BeliefState", "MaskedDiffusion", "MultiTokenHeads", "NextLat", "Objective", "ObjectiveOutput", "TeacherForcing",
-    "Teacherless",
+    "BeliefState", "MaskedDiffusion", "MaskedTeacherForcing", "MultiTokenHeads", "NextLat", "Objective",
+    "ObjectiveOutput", "RankIntoFuture", "TeacherForcing", "Teacherless",
 ]
