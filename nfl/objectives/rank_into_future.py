@@ -104,9 +104,12 @@ class RankIntoFuture(TeacherForcing):
         count = order.sum((1, 2, 3))
         if self.off_path:
             off = self.off_path_nodes(prefix, nodes, is_node)  # (B, N)
-            others = scores[:, :, : self.task.num_nodes]  # (B, i, N)
-            gaps = (self.margin - (ahead[:, :, :, None] - others[:, :, None, :])).clamp(min=0)  # (B, i, j, N)
-            pairs = rank[:, :, :, None] & off[:, None, None, :]
+            # Each row's off-path nodes first, in K = the batch's most columns (a graph's size, not the vocabulary's).
+            order_off = off.int().argsort(dim=1, descending=True, stable=True)[:, : max(int(off.sum(1).max()), 1)]
+            valid = off.gather(1, order_off)  # (B, K)
+            others = scores.gather(2, order_off[:, None, :].expand(B, L, -1))  # (B, i, K): s_i[o]
+            gaps = (self.margin - (ahead[:, :, :, None] - others[:, :, None, :])).clamp(min=0)  # (B, i, j, K)
+            pairs = rank[:, :, :, None] & valid[:, None, None, :]
             total = total + (gaps * pairs).sum((1, 2, 3))
             count = count + pairs.sum((1, 2, 3))
         if self.reduction == "sum":
