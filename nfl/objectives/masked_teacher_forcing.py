@@ -1,5 +1,6 @@
 """Masked teacher forcing: some fed-back answer tokens are replaced by a mask token, labels unchanged (Frydenlund,
-ACL 2025, arXiv 2503.10542, "Language Models, Graph Searching, and Supervision Adulteration", §4 token masking).
+ACL 2025, arXiv 2503.10542, "Language Models, Graph Searching, and Supervision Adulteration", its token-masking
+solution).
 
 Frydenlund's diagnosis: under teacher forcing the true previous node makes every later node a single-edge
 lookup (the Clever-Hans cheat), and that shortcut absorbs the supervision the hard step needs. Hiding some of

@@ -1,6 +1,6 @@
 """Ranking into the future (RITF): teacher forcing plus a pairwise hinge loss that orders the logits of the answer
 tokens still to come (Frydenlund, ACL 2025, arXiv 2503.10542, "Language Models, Graph Searching, and Supervision
-Adulteration", §4 ranking-into-the-future).
+Adulteration", its ranking-into-the-future solution).
 
 At answer position ``i`` (the one predicting ``x_i``, input ``x_{<i}``), with ``s_i[v]`` the logit of token ``v``:
 
@@ -11,15 +11,18 @@ At answer position ``i`` (the one predicting ``x_i``, input ``x_{<i}``), with ``
   remaining answer node ``x_j``, ``j >= i``, above every node of the graph that is not on the answer,
   ``max(0, margin - (s_i[x_j] - s_i[o]))``.
 
-On path-star the nodes off the answer are exactly the nodes of the other arms; for any task they are read from
+On path-star the nodes off the answer are the nodes of the other arms (and, with a goal inside its arm, the
+goal arm's nodes past it); for any task they are read from
 the prefix (``task.edges_of``) as "nodes of the graph not in this row's answer", so the same loss works on
 tree-star and DAG search (on DAG search it ranks the data's shortest path, one of possibly several). Only
 answer nodes are ranked: an end token is trained by the cross-entropy alone, and nodes already written are on
 neither side. Loss: ``next_token + weight * hinge``. ``reduction: mean`` (default) averages the hinge over every
 pair of the batch, so it is on the scale of one pair and of the cross-entropy whatever the degree and length;
-``reduction: sum`` is the paper's L_B as written, summed over positions and pairs of a row, averaged over rows.
-Departure: the paper trains the ranking as the future distribution's loss; we add it to next-token
-cross-entropy, with ``weight: 0`` being teacher forcing exactly.
+``reduction: sum`` is the paper's form, L_B summed over positions and pairs (both kinds) of a row, averaged over
+rows.
+Departure: the paper trains RITF with the ranking as its loss over the future; here it is added to next-token
+cross-entropy, which keeps the next token above every token the ranking leaves out (separators, the end token)
+for greedy decoding, and makes ``weight: 0`` teacher forcing exactly.
 
 Evaluation and decoding are teacher forcing's (a true teacher-forced pass, greedy decoding). Logged:
 ``train/ritf/hinge_loss`` (before ``weight``), ``train/ritf/next_token_loss``. The ranked tokens are node ids,
