@@ -3,14 +3,16 @@
 from nfl.objectives.base import Objective, ObjectiveOutput
 from nfl.objectives.belief_state import BeliefState
 from nfl.objectives.masked_diffusion import MaskedDiffusion
+from nfl.objectives.masked_teacher_forcing import MaskedTeacherForcing
 from nfl.objectives.multi_token import MultiTokenHeads
 from nfl.objectives.nextlat import NextLat
+from nfl.objectives.rank_into_future import RankIntoFuture
 from nfl.objectives.registers import Registers
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.objectives.teacherless import Teacherless
 from nfl.objectives.trelawney import Trelawney
 
 __all__ = [
-    "BeliefState", "MaskedDiffusion", "MultiTokenHeads", "NextLat", "Objective", "ObjectiveOutput", "Registers",
-    "TeacherForcing", "Teacherless", "Trelawney",
+    "BeliefState", "MaskedDiffusion", "MaskedTeacherForcing", "MultiTokenHeads", "NextLat", "Objective",
+    "ObjectiveOutput", "RankIntoFuture", "Registers", "TeacherForcing", "Teacherless", "Trelawney",
 ]
