@@ -43,12 +43,12 @@ def _worker_slice() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool, task: GraphTask) -> Batch:
+def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool, task: Optional[GraphTask]) -> Batch:
     """A model batch from graphs with forward answers: reversed with ``reverse``, after a scratchpad where the
     task has one (what the model writes; files and samplers keep the plain answer)."""
     if reverse:
         target = task.reverse_answers(target)
-    if task.scratchpad is not None:
+    if task is not None and task.scratchpad is not None:
         target = write_scratchpads(task, target)
     return torch.from_numpy(np.ascontiguousarray(prefix)), torch.from_numpy(np.ascontiguousarray(target))
 

@@ -1,12 +1,12 @@
 """Scratchpads: the model writes a scratchpad first, then a separator, then the answer (a task's ``scratchpad``).
 
-Frydenlund (ACL 2025, arXiv 2503.10542) traces the path-star failure to supervision that the Clever-Hans
-shortcut absorbs, and lists target-side fixes that let the model decompose the task; a scratchpad written
-before the answer is one of them. The graph-generation code of that work (arvieFrydenlund/GraphGen) writes
-its scratchpads (BFS and DFS traces there) as part of the target, after the prefix and before the task's
-answer, each part opened by a marker token. nfl's ``goal_to_start`` scratchpad is the answer's path read from
-the goal back to the start: on path-star the goal's arm, backwards, where every next node is the unique
-parent of the previous one (the step that needs no planning under teacher forcing), so by the time the model
+Frydenlund (ACL 2025, arXiv 2503.10542) traces the path-star failure to excess supervision that the
+Clever-Hans shortcut absorbs, and to the task's minimal nature, which leaves nothing to decompose; supervision
+that has the model write intermediate steps before the answer (a scratchpad) is among the fixes discussed.
+The graph generator of that work (arvieFrydenlund/GraphGen) writes its scratchpads as part of the target,
+after the prefix and before the task's answer, each part opened by a marker token. nfl's ``goal_to_start``
+scratchpad is the answer's path read from the goal back to the start: on path-star the goal's arm backwards,
+where every next node is the unique parent of the previous one (no planning needed), so by the time the model
 writes the path it has already written the arm it needs. On tree-star it is the path up the tree, on DAG
 search the answer's shortest path reversed. What the model writes (``target``, ``task.target_len`` columns)::
 
@@ -23,9 +23,9 @@ Data files and samplers keep the plain forward answer; the scratchpad is built f
 (:func:`write_scratchpads`), so the same files serve both. The answer metrics read the answer after the
 separator: free-running, what the model wrote after the first separator it wrote (none: no answer, never an
 exact match); teacher-forced, the data's answer columns. ``scratchpad/exact_match``
-(:class:`nfl.tasks.scratchpad_metrics.ScratchpadMatch`) is the fraction of free-running scratchpads that are exactly right (a separator
-written and every node before it right; where answers are not unique, as on DAG search, any scratchpad that
-is a shortest path read backwards counts, as ``exact_match`` counts any shortest path).
+(:mod:`nfl.tasks.scratchpad_metrics`) is the fraction of free-running scratchpads that are exactly right.
+Every objective sees only a longer answer (``task.target_len`` counts the scratchpad and its separator);
+tokenizer backbones (pretrained models) have no separator token and are refused.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ class ScratchpadMatch(Metric):
         true_len, _ = first_index(target, task.sep)
         gen_len, wrote = first_index(generated, task.sep)
         cols = torch.arange(W, device=target.device)[None, :]
-        gen = shift_left(generated, torch.zeros_like(gen_len), W).where(cols < gen_len[:, None], torch.full_like(cols, -1))
+        gen = shift_left(generated, torch.zeros_like(gen_len), W)  # (B, W): the nodes before the separator
+        gen = gen.where(cols < gen_len[:, None], torch.full_like(cols, -1))
         true = target[:, :W].where(cols < true_len[:, None], torch.full_like(cols, -1))
         same_len = wrote & (gen_len == true_len)
         if getattr(task, "any_shortest_path", False):  # any shortest path read backwards: goal first, start last
