@@ -12,7 +12,9 @@ from nfl.data.codec import NumeralCodec
 from nfl.data.datamodule import TaskDataModule, _to_batch
 from nfl.errors import UserInputError
 from nfl.models import GPT
-from nfl.objectives import BeliefState, MaskedDiffusion, MultiTokenHeads, NextLat, TeacherForcing, Teacherless
+from nfl.objectives import (
+    BeliefState, MaskedDiffusion, MultiTokenHeads, NextLat, Registers, TeacherForcing, Teacherless,
+)
 from nfl.system import GraphSystem
 from nfl.tasks import DagSearch, InfeasibleGraphError, PathStar, TreeStar
 from nfl.tasks.base import IGNORE_INDEX
@@ -170,10 +172,10 @@ def test_any_shortest_path_read_backwards_is_a_right_scratchpad():
 
 
 # --- objectives and the system --------------------------------------------------------------------------
-OBJECTIVES = [TeacherForcing, Teacherless, lambda: MultiTokenHeads(k=2), NextLat, MaskedDiffusion, BeliefState]
+OBJECTIVES = [TeacherForcing, Teacherless, lambda: MultiTokenHeads(k=2), NextLat, MaskedDiffusion, BeliefState, Registers]
 
 
-@pytest.mark.parametrize("make", OBJECTIVES, ids=["tf", "teacherless", "mtp", "nextlat", "mdm", "bst"])
+@pytest.mark.parametrize("make", OBJECTIVES, ids=["tf", "teacherless", "mtp", "nextlat", "mdm", "bst", "registers"])
 def test_every_objective_trains_and_evaluates_on_what_the_model_writes(make):
     task = PathStar(2, num_nodes=20, arm_lengths=(2, 4), scratchpad=PAD)
     system = GraphSystem(lambda v, t: GPT(v, t, n_layer=1, d_model=16, n_head=2), objective=make(), task=task)
