@@ -86,7 +86,7 @@ class GraphTask:
         return not self.variable
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` independent graphs: ``(prefix (n, prefix_len), target (n, target_len))`` int64, forward paths."""
+        """``n`` independent graphs: ``(prefix (n, prefix_len), target (n, answer_len))`` int64, forward paths."""
         raise NotImplementedError
 
     def describe(self) -> str:
