@@ -32,6 +32,7 @@ from nfl.data.datamodule import TaskDataModule
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise
 from nfl.system import GraphSystem
+from nfl.tasks.scratchpad import write_scratchpads
 
 
 def build(config: str, overrides: Sequence[str]) -> tuple[GraphSystem, TaskDataModule]:
@@ -200,7 +201,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # (TeacherForcing reuses the teacher-forced pass as the decoding's prefill).
     system.eval()
     codec = system.codec
-    graphs = (torch.from_numpy(a).to(device) for a in task.sample(np.random.default_rng(1), args.eval_graphs))
+    prefix, target = task.sample(np.random.default_rng(1), args.eval_graphs)
+    if task.scratchpad is not None:  # what the model writes: the scratchpad, its separator, the answer
+        target = write_scratchpads(task, target)
+    graphs = (torch.from_numpy(a).to(device) for a in (prefix, target))
     batches = list(zip(*(g.split(data.eval_batch_size) for g in graphs)))
     objective = system.objective
     modes = [("cached", True), ("uncached", False)] if hasattr(objective, "use_cache") else [("own", None)]

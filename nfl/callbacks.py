@@ -163,7 +163,8 @@ class PredictionWriter(BasePredictionWriter):
             for batch in predictions:
                 prefix, target, prediction = batch["prefix"], batch["target"], batch["prediction"]
                 read = read_answers(task, reverse, prefix, target, prediction, prediction, batch.get("length"), batch.get("well_formed"))
-                forward = task.reverse_answers(target) if reverse else target
+                answer = task.answer_part(target)  # the answer after a scratchpad, if the task has one
+                forward = task.reverse_answers(answer) if reverse else answer
                 lines = task.format_lines(prefix.numpy(), forward.numpy())
                 for line, pred, n, ok in zip(lines, read.fwd_free.tolist(), read.free_len.tolist(), read.exact.tolist()):
                     f.write(f"{line}\t{','.join(map(str, pred[:n]))}\t{int(ok)}\n")

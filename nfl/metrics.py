@@ -64,9 +64,11 @@ def read_answers(
     free_len: Optional[torch.Tensor] = None,
     well_formed: Optional[torch.Tensor] = None,
 ) -> ReadAnswers:
-    """Align one batch: ``target`` is the numeral answer (end token and IGNORE_INDEX allowed), ``free`` and
-    ``tf`` are node predictions (B, >= max_path_len) in emitted order, -1 where there is none."""
+    """Align one batch: ``target`` is what the model writes in numerals (end token and IGNORE_INDEX allowed;
+    with a scratchpad, only the answer after its separator is read), ``free`` and ``tf`` are node predictions
+    (B, >= max_path_len) of the answer in emitted order, -1 where there is none."""
     L, N = task.max_path_len, task.num_nodes
+    target = task.answer_part(target)
     length = task.answer_lengths(target)
     cols = torch.arange(L, device=target.device)
     inside = cols[None, :] < length[:, None]

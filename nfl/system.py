@@ -9,7 +9,8 @@ Logged keys (the user interface, see README): ``train/loss``, ``train/lr``; at v
 answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``, ``exact_match``,
 ``free/pos_{i}``, ``tf/pos_{i}``, ``decision_acc``, ``chance``, ``tf/decision_acc``, ``tf/non_decision_acc``,
 ``edge_follow_rate``, ``valid_path_rate``, ``reaches_goal_rate``), then the task's own diagnostics (path-star:
-``tf/pos_ge3``, ``wrong_arm_rate``) and the objective's; ``train_eval/...`` for the optional training sample.
+``tf/pos_ge3``, ``wrong_arm_rate``), ``scratchpad/exact_match`` where the task has a scratchpad (the answer
+metrics then read the answer after it), and the objective's; ``train_eval/...`` for the optional training sample.
 The ``tf/*`` tags are logged only for objectives with a teacher-forced pass (``Objective.teacher_forced``).
 """
 
@@ -34,6 +35,8 @@ from nfl.schedules import warmup_cosine
 from nfl.tasks.base import IGNORE_INDEX, GraphTask
 from nfl.tasks.config import task_from_spec, task_spec
 from nfl.tasks.path_star import PathStar
+from nfl.tasks.scratchpad import refuse_reverse
+from nfl.tasks.scratchpad_metrics import ScratchpadMatch
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,12 @@ class GraphSystem(pl.LightningModule):
                 f"{type(self.objective).__name__} adds tokens of its own ({', '.join(reservation.tokens)}), which "
                 f"{type(self.backbone).__name__}'s tokenizer does not have; use nfl.models.GPT or nfl.models.Mamba."
             )
+        if task.scratchpad is not None and not isinstance(self.codec, NumeralCodec):
+            raise UserInputError(
+                f"scratchpad: {task.scratchpad} writes a separator token of its own, which "
+                f"{type(self.backbone).__name__}'s tokenizer does not have; use nfl.models.GPT or nfl.models.Mamba."
+            )
+        refuse_reverse(task, reverse, me)
         self.objective.bind(task, self.backbone, self.codec.dummy, self.codec.stop)
         self._train_backbone: Optional[Callable] = None  # compiled view of self.backbone, not a submodule
         stages = ("val", "test", "train_eval")
@@ -116,6 +125,8 @@ class GraphSystem(pl.LightningModule):
         self.task_metrics = torch.nn.ModuleDict({k: m for k, m in extra.items() if m is not None})
         extra = {stage: self.objective.eval_metric() for stage in stages}
         self.objective_metrics = torch.nn.ModuleDict({k: m for k, m in extra.items() if m is not None})
+        scratch = {stage: ScratchpadMatch(task) for stage in stages} if task.scratchpad is not None else {}
+        self.scratchpad_metrics = torch.nn.ModuleDict(scratch)
 
     # --- training ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -159,6 +170,8 @@ class GraphSystem(pl.LightningModule):
             self.task_metrics[stage].update(read, tf_loss)
         if stage in self.objective_metrics:
             self.objective_metrics[stage].update(out, encoded.target)
+        if stage in self.scratchpad_metrics:
+            self.scratchpad_metrics[stage].update(prefix, target, generated)
 
     def _log_metrics(self, stage: str) -> None:
         # Whether the stage ran is decided across ranks: compute() is collective, and a rank whose share of a
@@ -168,7 +181,7 @@ class GraphSystem(pl.LightningModule):
             ran = self.trainer.strategy.reduce_boolean_decision(ran, all=False)
         if not ran:
             return
-        for metrics in (self.metrics, self.task_metrics, self.objective_metrics):
+        for metrics in (self.metrics, self.task_metrics, self.scratchpad_metrics, self.objective_metrics):
             metric = metrics[stage] if stage in metrics else None
             if metric is None:
                 continue

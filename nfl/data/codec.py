@@ -78,8 +78,9 @@ class NumeralCodec:
         return self.task.parse_generated(tokens)
 
     def teacher_forced_nodes(self, pred: torch.Tensor, batch: EncodedBatch, target: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced answer tokens (B, L) -> (B, l) node ids: the target node where it was right, else -1."""
-        return pred[:, : self.task.max_path_len]
+        """Teacher-forced answer tokens (B, L) -> (B, l) node ids: the target node where it was right, else -1
+        (with a scratchpad, the predictions at the data's answer columns, after its separator)."""
+        return self.task.answer_part(pred, target)[:, : self.task.max_path_len]
 
 
 class TextCodec:

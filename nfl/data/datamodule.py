@@ -19,7 +19,7 @@ import functools
 import logging
 import math
 import os
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Literal, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nfl.errors import UserInputError, at_least, require
 from nfl.tasks.base import GraphTask
 from nfl.tasks.path_star import PathStar
+from nfl.tasks.scratchpad import refuse_reverse, write_scratchpads
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ def _worker_slice() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool, task: GraphTask) -> Batch:
+def _to_batch(prefix: np.ndarray, target: np.ndarray, reverse: bool, task: Optional[GraphTask]) -> Batch:
+    """A model batch from graphs with forward answers: reversed with ``reverse``, after a scratchpad where the
+    task has one (what the model writes; files and samplers keep the plain answer)."""
     if reverse:
         target = task.reverse_answers(target)
+    if task is not None and task.scratchpad is not None:
+        target = write_scratchpads(task, target)
     return torch.from_numpy(np.ascontiguousarray(prefix)), torch.from_numpy(np.ascontiguousarray(target))
 
 
@@ -84,14 +89,18 @@ class TrainBatches(IterableDataset):
 
     def batch(self, b: int) -> Batch:
         """Batch number ``b`` of this rank: deterministic in (seed, rank, b)."""
+        return _to_batch(*self.graphs_of(b), self.reverse, self.task)
+
+    def graphs_of(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """The graphs of batch ``b``, with their forward answers (as sampled or stored)."""
         if self.graphs is None:
             rng = np.random.default_rng([self.seed, _STREAM, self.rank, b])
-            return _to_batch(*self.task.sample_excluding(rng, self.batch_size, self.excluded), self.reverse, self.task)
+            return self.task.sample_excluding(rng, self.batch_size, self.excluded)
         epoch, j = divmod(b, self.batches_per_epoch)
         order = np.random.default_rng([self.seed, _EPOCH_ORDER, epoch]).permutation(len(self.graphs[1]))
         first = (j * self.world_size + self.rank) * self.batch_size
         idx = order[first : first + self.batch_size]
-        return _to_batch(self.graphs[0][idx], self.graphs[1][idx], self.reverse, self.task)
+        return self.graphs[0][idx], self.graphs[1][idx]
 
     def __iter__(self) -> Iterator[Batch]:
         worker, n_workers = _worker_slice()
@@ -207,6 +216,7 @@ class TaskDataModule(pl.LightningDataModule):
                 path is None or os.path.isfile(path), me, name, path,
                 "no such file; give a data file in the task's text format (python -m nfl.data generate writes one)",
             )
+        refuse_reverse(task, reverse, me)
         self.reverse, self.batch_size = reverse, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.n_train, self.n_test, self.n_val, self.n_train_eval = n_train, n_test, n_val, n_train_eval
@@ -297,9 +307,9 @@ class TaskDataModule(pl.LightningDataModule):
             if self.train_graphs is not None:
                 sample = self.train_graphs
             else:  # the first training batches rank 0 sees, regenerated
-                stream = TrainBatches(self.task, self.batch_size, self.seed, False, excluded=self._excluded)
-                batches = [stream.batch(b) for b in range(math.ceil(self.n_train_eval / self.batch_size))]
-                sample = tuple(torch.cat(parts).numpy() for parts in zip(*batches))
+                stream = TrainBatches(self.task, self.batch_size, self.seed, excluded=self._excluded)
+                batches = [stream.graphs_of(b) for b in range(math.ceil(self.n_train_eval / self.batch_size))]
+                sample = tuple(np.concatenate(parts) for parts in zip(*batches))  # forward answers, as stored
             loaders.append(self._eval(sample, self.n_train_eval))
         return loaders
 
@@ -318,11 +328,20 @@ class PathStarDataModule(TaskDataModule):
         degree: number of arms ``d``.
         path_len: nodes on the answer path ``l`` (start and goal included).
         num_nodes: label range ``N``; the vocabulary is ``N + 4``.
+        scratchpad: ``goal_to_start``: the model writes the goal's arm backwards, a separator (token
+            ``N + 4``), then the path; metrics read the path (:mod:`nfl.tasks.scratchpad`). Default null.
         kwargs: every other option of :class:`TaskDataModule` (``reverse``, ``batch_size``, ``n_train``, ...);
             ``train_file`` and ``test_file`` are in the reference code's format.
     """
 
-    def __init__(self, degree: int = 2, path_len: int = 5, num_nodes: int = 50, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        degree: int = 2,
+        path_len: int = 5,
+        num_nodes: int = 50,
+        scratchpad: Optional[Literal["goal_to_start"]] = None,
+        **kwargs: Any,
+    ) -> None:
         at_least(type(self), "degree", degree, 1)
         at_least(type(self), "path_len", path_len, 2, "start and goal are distinct nodes")
-        super().__init__(task=PathStar(degree, path_len, num_nodes), **kwargs)
+        super().__init__(task=PathStar(degree, path_len, num_nodes, scratchpad=scratchpad), **kwargs)

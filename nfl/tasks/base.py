@@ -21,9 +21,14 @@ slots as ``pad pad pad``. The separator is ``|`` between edges and ``/`` (query 
 after the last one. Query last: ``[slots] s g =``; query first: ``s g / [slots]``. So edges and query sit at
 the same columns in every row, and reading them back is slicing.
 
-**Answers** (``target``, ``target_len`` columns): the path's nodes, then ``end`` (variable-length tasks), then
+**Answers** (``answer_len`` columns): the path's nodes, then ``end`` (variable-length tasks), then
 :data:`IGNORE_INDEX` up to the width. Samplers and files give the forward path (start first);
 :meth:`GraphTask.reverse_answers` makes the reversed encoding.
+
+**Scratchpads** (the ``scratchpad`` option of a task, :mod:`nfl.tasks.scratchpad`): what the model writes
+(``target``, ``target_len`` columns) is then a scratchpad, the separator token ``sep`` (the next id after the
+task's others), and the answer; the answer metrics read the part after the separator
+(:meth:`GraphTask.answer_part`). Without one, ``target`` is the answer and nothing changes.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class GraphTask:
     add diagnostics (:meth:`diagnostics`) and report columns."""
 
     num_nodes: int
+    scratchpad: Optional[str] = None  # a dataclass field of the tasks that offer one (see nfl.tasks.scratchpad)
 
     # --- what a subclass defines --------------------------------------------------------------------
     @property
@@ -80,7 +86,7 @@ class GraphTask:
         return not self.variable
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` independent graphs: ``(prefix (n, prefix_len), target (n, target_len))`` int64, forward paths."""
+        """``n`` independent graphs: ``(prefix (n, prefix_len), target (n, answer_len))`` int64, forward paths."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -119,8 +125,13 @@ class GraphTask:
         return self.num_nodes + 5 if self.variable else None
 
     @property
+    def sep(self) -> Optional[int]:
+        """The token that closes a scratchpad (the path follows it); None without a scratchpad."""
+        return self.num_nodes + (6 if self.variable else 4) if self.scratchpad is not None else None
+
+    @property
     def vocab_size(self) -> int:
-        return self.num_nodes + (6 if self.variable else 4)
+        return self.num_nodes + (6 if self.variable else 4) + (self.scratchpad is not None)
 
     # --- lengths ------------------------------------------------------------------------------------
     @property
@@ -129,9 +140,21 @@ class GraphTask:
         return 3 * self.max_edges + 3
 
     @property
-    def target_len(self) -> int:
+    def answer_len(self) -> int:
         """Answer columns: the longest path, plus the end token where answers vary."""
         return self.max_path_len + (1 if self.variable else 0)
+
+    @property
+    def scratchpad_len(self) -> int:
+        """Columns before the answer in what the model writes: the longest scratchpad and its separator."""
+        from nfl.tasks.scratchpad import scratchpad_width
+
+        return scratchpad_width(self)
+
+    @property
+    def target_len(self) -> int:
+        """Columns the model writes: the scratchpad and its separator (if any), then the answer."""
+        return self.scratchpad_len + self.answer_len
 
     @property
     def seq_len(self) -> int:
@@ -186,12 +209,12 @@ class GraphTask:
 
     # --- answers ------------------------------------------------------------------------------------
     def encode_answers(self, paths: np.ndarray, lengths: Optional[np.ndarray] = None) -> np.ndarray:
-        """``target`` (n, target_len) from node arrays (n, >= max length) and per-row lengths (default: all
+        """``target`` (n, answer_len) from node arrays (n, >= max length) and per-row lengths (default: all
         ``max_path_len``): the nodes, ``end`` where answers vary, then IGNORE_INDEX."""
         n = len(paths)
         lengths = np.full(n, self.max_path_len) if lengths is None else lengths
-        width = min(paths.shape[1], self.target_len)
-        target = np.empty((n, self.target_len), dtype=np.int64)
+        width = min(paths.shape[1], self.answer_len)
+        target = np.empty((n, self.answer_len), dtype=np.int64)
         target[:, width:] = IGNORE_INDEX
         inside = np.arange(width)[None, :] < lengths[:, None]
         np.copyto(target[:, :width], np.where(inside, paths[:, :width], np.int64(IGNORE_INDEX)))
@@ -218,8 +241,28 @@ class GraphTask:
             return np.where(inside, np.take_along_axis(target, idx, axis=1), target)
         return target.gather(1, idx).where(inside, target)
 
+    def answer_part(self, tokens, target=None):
+        """The answer's columns (B, answer_len) of what the model writes (B, target_len) (torch): all of it
+        without a scratchpad; with one, the columns after the separator of ``target`` (default ``tokens``
+        itself, for the data's own rows; teacher-forced predictions pass the data's ``target``)."""
+        if self.scratchpad is None:
+            return tokens
+        from nfl.tasks.scratchpad import answer_columns
+
+        return answer_columns(self, tokens, tokens if target is None else target)
+
     def parse_generated(self, tokens):
         """Generated numeral tokens (B, S) (torch) -> ``(nodes (B, max_path_len), -1 where none; lengths (B,);
+        well_formed (B,))``: :meth:`parse_answer` of the answer, which with a scratchpad is what follows the
+        first separator (none: no nodes, length 0, not well formed)."""
+        if self.scratchpad is None:
+            return self.parse_answer(tokens)
+        from nfl.tasks.scratchpad import parse_after_scratchpad
+
+        return parse_after_scratchpad(self, tokens)
+
+    def parse_answer(self, tokens):
+        """Answer tokens (B, S) (torch) -> ``(nodes (B, max_path_len), -1 where none; lengths (B,);
         well_formed (B,))``. Fixed-size tasks read the first ``max_path_len`` tokens; variable ones cut at the
         first ``end``, and an answer with no end token within the budget is not well formed."""
         import torch

@@ -2,8 +2,8 @@
 
 ``python -m nfl.data generate --config FILE`` and ``python -m nfl.report`` need the task of a config (or of a
 run's saved ``config.yaml``) but not the data module, whose import pulls in Lightning. Both data module
-spellings are understood: ``nfl.data.PathStarDataModule`` with its ``degree``, ``path_len`` and ``num_nodes``,
-and ``nfl.data.TaskDataModule`` with ``task: {class_path: ..., init_args: ...}``.
+spellings are understood: ``nfl.data.PathStarDataModule`` with its ``degree``, ``path_len``, ``num_nodes`` and
+``scratchpad``, and ``nfl.data.TaskDataModule`` with ``task: {class_path: ..., init_args: ...}``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from nfl.errors import UserInputError
 from nfl.tasks.base import GraphTask
 from nfl.tasks.path_star import PathStar
 
-_PATH_STAR_KEYS = ("degree", "path_len", "num_nodes")
+_PATH_STAR_KEYS = ("degree", "path_len", "num_nodes", "scratchpad")
 
 
 def _import(class_path: str) -> type:

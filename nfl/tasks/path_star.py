@@ -30,6 +30,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
+from nfl.tasks.scratchpad import check_scratchpad
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class PathStar(GraphTask):
         goal: ``leaf`` (the end of an arm, the paper's task) or ``any`` (any non-start node of an arm).
         query_first: write ``s,g/`` before the edge list instead of after it.
         shuffle: ``edges`` (a uniform shuffle of the edge list) or ``arms`` (whole arms in random order).
+        scratchpad: ``goal_to_start``: the model first writes the goal's arm read backwards (goal to start),
+            then a separator, then the path (:mod:`nfl.tasks.scratchpad`); null (default): the path alone.
     """
 
     degree: int = 2
@@ -54,6 +57,7 @@ class PathStar(GraphTask):
     goal: Literal["leaf", "any"] = "leaf"
     query_first: bool = False
     shuffle: Literal["edges", "arms"] = "edges"
+    scratchpad: Optional[Literal["goal_to_start"]] = None
 
     report_columns = (("tf_pos_ge3", "test/tf/pos_ge3"),)
 
@@ -78,6 +82,7 @@ class PathStar(GraphTask):
             raise InfeasibleGraphError(f"path_len must be >= 2 (start and goal are distinct nodes), got {self.path_len}.")
         if self.goal not in ("leaf", "any") or self.shuffle not in ("edges", "arms"):
             raise InfeasibleGraphError(f"goal must be leaf or any and shuffle edges or arms, got {self.goal!r}, {self.shuffle!r}.")
+        check_scratchpad(self)
         if self.num_labels > self.num_nodes:
             raise InfeasibleGraphError(
                 f"G(degree={self.degree}, path_len={self.path_len}, num_nodes={self.num_nodes}) is infeasible: "
@@ -116,6 +121,7 @@ class PathStar(GraphTask):
         extras = [f"arm_lengths={list(self.arm_lengths)}"] if self.arm_lengths else []
         extras += [f"goal={self.goal}"] * (self.goal != "leaf") + ["query_first"] * self.query_first
         extras += [f"shuffle={self.shuffle}"] * (self.shuffle != "edges")
+        extras += [f"scratchpad={self.scratchpad}"] * (self.scratchpad is not None)
         return size + (f" [{', '.join(extras)}]" if extras else "")
 
     def diagnostics(self, reverse: bool = False):

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal, Optional
 
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
 from nfl.tasks.path_star import label_dtype, random_injection, random_permutation
+from nfl.tasks.scratchpad import check_scratchpad
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class TreeStar(GraphTask):
         segment: edges between two consecutive branch points (a chain); 1 makes a plain tree.
         num_nodes: label range ``N``.
         query_first: write ``s,g/`` before the edge list instead of after it.
+        scratchpad: ``goal_to_start``: the model first writes the path read from the goal up to the start,
+            then a separator, then the path (:mod:`nfl.tasks.scratchpad`); null (default): the path alone.
     """
 
     degree: int = 2
@@ -46,8 +50,10 @@ class TreeStar(GraphTask):
     segment: int = 2
     num_nodes: int = 50
     query_first: bool = False
+    scratchpad: Optional[Literal["goal_to_start"]] = None
 
     def __post_init__(self) -> None:
+        check_scratchpad(self)
         for name in ("degree", "branching", "depth", "segment"):
             if getattr(self, name) < 1:
                 raise InfeasibleGraphError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -87,7 +93,8 @@ class TreeStar(GraphTask):
     def describe(self) -> str:
         return (
             f"TreeStar(degree={self.degree}, branching={self.branching}, depth={self.depth}, "
-            f"segment={self.segment}, N={self.num_nodes})"
+            f"segment={self.segment}, N={self.num_nodes}"
+            + (f", scratchpad={self.scratchpad}" if self.scratchpad is not None else "") + ")"
         )
 
     def diagnostics(self, reverse: bool = False):

@@ -77,12 +77,13 @@ run over vertex index, a graph's k-th noise vertex or BFS layer only) and seeded
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
 from nfl.tasks.dag_search.graphs import balanced_graphs, naive_edges, random_words, star_graphs, vertex_labels
+from nfl.tasks.scratchpad import check_scratchpad
 from nfl.tasks.dag_search.search import edge_search, edge_trace_back, topo_search, topo_trace_back
 
 _CELLS = 1 << 22  # candidate graphs per round: at most _CELLS // V**2 (the round sizes set the random stream)
@@ -101,6 +102,9 @@ class DagSearch(GraphTask):
             by naive.
         max_path_len: the most nodes in an answer; graphs whose shortest answer is longer are redrawn.
         query_first: write ``s,g/`` before the edge list instead of after it.
+        scratchpad: ``goal_to_start``: the model first writes the answer's shortest path read from the goal
+            back to the start, then a separator, then the path (:mod:`nfl.tasks.scratchpad`); null (default):
+            the path alone.
     """
 
     distribution: Literal["naive", "balanced", "star"] = "balanced"
@@ -110,10 +114,12 @@ class DagSearch(GraphTask):
     max_lookahead: int = 4
     max_path_len: int = 8
     query_first: bool = False
+    scratchpad: Optional[Literal["goal_to_start"]] = None
 
     any_shortest_path = True
 
     def __post_init__(self) -> None:
+        check_scratchpad(self)
         d, V, E, L, P = self.distribution, self.max_vertices, self.max_edges, self.max_lookahead, self.max_path_len
         if d not in ("naive", "balanced", "star"):
             raise InfeasibleGraphError(f"distribution must be naive, balanced or star, got {d!r}.")
@@ -166,6 +172,8 @@ class DagSearch(GraphTask):
             parts.append(f"P<={self.max_path_len}")
         if self.query_first:
             parts.append("query_first")
+        if self.scratchpad is not None:
+            parts.append(f"scratchpad={self.scratchpad}")
         return f"DagSearch({', '.join(parts)})"
 
     # --- sampling -----------------------------------------------------------------------------------
