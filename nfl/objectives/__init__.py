@@ -8,11 +8,14 @@ from nfl.objectives.multi_token import MultiTokenHeads
 from nfl.objectives.nextlat import NextLat
 from nfl.objectives.rank_into_future import RankIntoFuture
 from nfl.objectives.registers import Registers
+from nfl.objectives.sequential_multi_token import SequentialMultiToken
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.objectives.teacherless import Teacherless
+from nfl.objectives.token_order import TokenOrder
 from nfl.objectives.trelawney import Trelawney
 
 __all__ = [
     "BeliefState", "MaskedDiffusion", "MaskedTeacherForcing", "MultiTokenHeads", "NextLat", "Objective",
-    "ObjectiveOutput", "RankIntoFuture", "Registers", "TeacherForcing", "Teacherless", "Trelawney",
+    "ObjectiveOutput", "RankIntoFuture", "Registers", "SequentialMultiToken", "TeacherForcing", "Teacherless",
+    "TokenOrder", "Trelawney",
 ]
