@@ -216,7 +216,10 @@ class RecordRun(Callback):
     """
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not trainer.loggers or trainer.log_dir is None:
+        if not trainer.loggers:
+            return
+        folder = trainer.log_dir  # on every rank: it is a broadcast from rank 0
+        if not trainer.is_global_zero or folder is None:
             return
         held_out = getattr(trainer.datamodule, "test_graphs", None)
         record = {
@@ -225,7 +228,7 @@ class RecordRun(Callback):
             "world_size": trainer.world_size,
             **provenance(),
         }
-        write_atomically(json.dumps(record, indent=2).encode() + b"\n", os.path.join(trainer.log_dir, RUN_INFO))
+        write_atomically(json.dumps(record, indent=2).encode() + b"\n", os.path.join(folder, RUN_INFO))
 
 
 class PredictionWriter(BasePredictionWriter):
