@@ -115,10 +115,12 @@ def run_dir(logs: str, sweep_name: str, run: Run) -> str:
 def resume_checkpoint(folder: str) -> tuple[Optional[str], list[str]]:
     """The checkpoint a run in ``folder`` resumes from: its newest one that loads (last.ckpt, or a periodic one
     when a failed save or a crash left last.ckpt broken), and a line for each newer one that was skipped."""
+    checkpoints = os.path.join(folder, "checkpoints")
+    if not os.path.isdir(checkpoints):
+        return None, []
     from nfl.checkpoints import newest_loadable  # torch: only when there is something to resume
 
-    checkpoints = os.path.join(folder, "checkpoints")
-    return newest_loadable(checkpoints) if os.path.isdir(checkpoints) else (None, [])
+    return newest_loadable(checkpoints)
 
 
 def command(spec: dict[str, Any], run: Run, logs: str, ckpt_path: Optional[str] = None) -> list[str]:
