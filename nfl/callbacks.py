@@ -14,7 +14,6 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.checkpoints import write_atomically
 from nfl.errors import UserInputError, at_least, require
 from nfl.metrics import read_answers
 from nfl.provenance import RUN_INFO, provenance
@@ -228,7 +227,8 @@ class RecordRun(Callback):
             "world_size": trainer.world_size,
             **provenance(),
         }
-        write_atomically(json.dumps(record, indent=2).encode() + b"\n", os.path.join(folder, RUN_INFO))
+        with open(os.path.join(folder, RUN_INFO), "w") as f:
+            json.dump(record, f, indent=2)
 
 
 class PredictionWriter(BasePredictionWriter):
