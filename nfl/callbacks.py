@@ -197,7 +197,8 @@ class StopWhenSolved(Callback):
             )
         self.in_a_row = self.in_a_row + 1 if float(value) >= self.threshold else 0
         # Every rank stops at the same step (they log the same reduced value, but say so explicitly).
-        if trainer.strategy.reduce_boolean_decision(self.in_a_row >= self.patience, all=False) and not trainer.should_stop:
+        stop = trainer.strategy.reduce_boolean_decision(self.in_a_row >= self.patience, all=False)
+        if stop and not trainer.should_stop:
             trainer.should_stop = True
             log.info(
                 "%s has been >= %g for %d validations in a row: stopping at step %d.",

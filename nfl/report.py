@@ -224,8 +224,9 @@ def run_rows(runs: list[dict]) -> list[dict]:
         steps, graphs = samples_to_solve(run["scalars"])
         info = run["info"]
         rows.append({
-            "run": run["run"], "seed": run["seed"], "exact_match": exact, "exact_match_se": binomial_se(exact, run["n_test"]),
-            "n_test": run["n_test"], "steps_to_solve": steps, "graphs_to_solve": graphs,
+            "run": run["run"], "seed": run["seed"], "exact_match": exact,
+            "exact_match_se": binomial_se(exact, run["n_test"]), "n_test": run["n_test"],
+            "steps_to_solve": steps, "graphs_to_solve": graphs,
             "n_parameters": info.get("n_parameters", float("nan")), "wall_seconds": run["wall_seconds"],
             "commit": info.get("commit", "unknown"), "dirty": info.get("dirty"),
         })
@@ -240,9 +241,9 @@ def write_run_tables(rows: list[dict], out: str, title: str) -> None:
     lines = [
         f"# {title}: every run",
         "",
-        "Test exact match ± its binomial standard error sqrt(p(1-p)/n), n the held-out graphs; the optimizer steps and",
-        f"training graphs seen when validation exact match first reached {100 * SOLVED:.0f}%; the commit each run ran at",
-        "(`+` : with uncommitted changes).",
+        "Test exact match ± its binomial standard error sqrt(p(1-p)/n), n the held-out graphs; the optimizer",
+        f"steps and training graphs seen when validation exact match first reached {100 * SOLVED:.0f}%; the commit",
+        "each run ran at (`+`: with uncommitted changes).",
         "",
         "| run | test exact match | held-out graphs | solved at step | graphs seen | params | wall time | commit |",
         "|---|---|---|---|---|---|---|---|",
@@ -385,12 +386,13 @@ def plot_exact_match(groups: dict[str, list[dict]], out: str) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfl.report", description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", required=True, nargs="+",
-                        help="a sweep's log folder, e.g. lightning_logs/cpu_grid; several are merged (shards run apart)")
-    parser.add_argument("--out", required=True, help="folder for results.md, results.csv, runs.md, runs.csv and the plots")
+                        help="a sweep's log folder, e.g. lightning_logs/cpu_grid; several are merged (shards)")
+    parser.add_argument("--out", required=True, help="folder for results.md/csv, runs.md/csv and the plots")
     args = parser.parse_args(argv)
     runs = [run for folder in args.sweep for run in load_runs(folder)]
     if not runs:
-        print(f"error: no finished runs ({DONE}) under {' '.join(args.sweep)}; run python -m nfl.sweep first.", file=sys.stderr)
+        where = " ".join(args.sweep)
+        print(f"error: no finished runs ({DONE}) under {where}; run python -m nfl.sweep first.", file=sys.stderr)
         return 2
     try:
         twice = sorted(name for name, n in Counter(r["run"] for r in runs).items() if n > 1)
@@ -413,7 +415,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for setting, members in groups.items():
         plot_setting(setting, members, args.out)
     plot_exact_match(groups, args.out)
-    print(f"wrote {args.out}/results.md, results.csv, runs.md, runs.csv, {EXACT_PLOT} and {len(groups)} plots from {len(runs)} runs")
+    wrote = f"results.md, results.csv, runs.md, runs.csv, {EXACT_PLOT} and {len(groups)} plots"
+    print(f"wrote {args.out}/{wrote} from {len(runs)} runs")
     return 0
 
 

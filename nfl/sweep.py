@@ -1,4 +1,4 @@
-"""``python -m nfl.sweep --config SWEEP.yaml``: run a grid of experiments, resumably, one after another or several at once.
+"""``python -m nfl.sweep --config SWEEP.yaml``: run a grid of experiments resumably, one at a time or several at once.
 
 A sweep file names a base config, the seeds, and grid axes; every combination of one named setting per axis
 and one seed is a run. A setting is a mapping of CLI keys to values, passed to ``python -m nfl fit`` as
@@ -154,7 +154,8 @@ def shard_of(arg: Optional[str], environ: Mapping[str, str]) -> Optional[tuple[i
             raise UserInputError(f"--shard {arg!r}: give I/N, shard I of N counted from 1, e.g. --shard 2/4.")
         i, n = int(match.group(1)), int(match.group(2))
         if n < 1 or not 1 <= i <= n:
-            raise UserInputError(f"--shard {arg}: I counts from 1 to N{f'={n}' if n >= 1 else ' (at least 1)'}, e.g. --shard 1/{max(n, 1)}.")
+            counts = f"1 to N={n}" if n >= 1 else "1 to N, and N is at least 1"
+            raise UserInputError(f"--shard {arg}: I counts from {counts}, e.g. --shard 1/{max(n, 1)}.")
         return i, n
     if environ.get("SLURM_ARRAY_TASK_ID") is None:
         return None
@@ -164,12 +165,13 @@ def shard_of(arg: Optional[str], environ: Mapping[str, str]) -> Optional[tuple[i
     except (KeyError, ValueError):
         names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_STEP")
         shown = ", ".join(f"{k}={environ.get(k)!r}" for k in names)
-        raise UserInputError(f"a SLURM job array without whole-number task variables ({shown}); give --shard I/N.") from None
+        raise UserInputError(f"a SLURM job array without whole-number task variables ({shown}); give --shard I/N.") \
+            from None
     offset, rest = divmod(task - first, step) if step > 0 else (-1, 0)
     if rest or not 0 <= offset < count:
         raise UserInputError(
-            f"SLURM array task {task} (min {first}, step {step}, count {count}) is not one of shards 1..{count}; submit "
-            f"the array as one range (e.g. --array=0-{count - 1}) or give --shard I/N."
+            f"SLURM array task {task} (min {first}, step {step}, count {count}) is not one of shards 1..{count}; "
+            f"submit the array as one range (e.g. --array=0-{count - 1}) or give --shard I/N."
         )
     return offset + 1, count
 
@@ -202,7 +204,8 @@ def slot_environments(parallel: int, gpus_per_run: int, gpus: list[str], cores: 
     slots = [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(parallel)]
     for i, slot in enumerate(slots):
         if gpus:
-            slot["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[(i * gpus_per_run + j) % len(gpus)] for j in range(gpus_per_run))
+            mine = [gpus[(i * gpus_per_run + j) % len(gpus)] for j in range(gpus_per_run)]
+            slot["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
     return slots
 
 
@@ -222,11 +225,12 @@ class Signals:
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        self.at = 0.0  # when it was received (time.monotonic)
         self.children: set[subprocess.Popen] = set()
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.received is None:
-            self.received = signum
+            self.received, self.at = signum, time.monotonic()
             for child in list(self.children):
                 if child.poll() is None:
                     child.send_signal(signum)
@@ -250,18 +254,15 @@ def run_child(cmd: list[str], log_path: str, signals: Signals, save_timeout: flo
 def _wait(children: list[subprocess.Popen], signals: Signals, save_timeout: float, until_all: bool = True) -> dict:
     """Wait for ``children`` (all, or the first to end), killing any still running ``save_timeout`` seconds after a
     signal; their exit codes by child."""
-    deadline = None
     while True:
         ended = {c: c.poll() for c in children if c.poll() is not None}
         if ended and (not until_all or len(ended) == len(children)):
             signals.children.difference_update(ended)
             return ended
-        if signals.received is not None:
-            deadline = deadline or time.monotonic() + save_timeout
-            if time.monotonic() > deadline:
-                for child in children:
-                    if child.poll() is None:
-                        child.kill()
+        if signals.received is not None and time.monotonic() > signals.at + save_timeout:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
         try:
             next(c for c in children if c.poll() is None).wait(timeout=0.5 if len(children) > 1 else 1.0)
         except (subprocess.TimeoutExpired, StopIteration):
@@ -278,11 +279,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--only", help="run only the runs whose name matches this regular expression")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands, run nothing")
     parser.add_argument("--parallel", type=int, default=1, metavar="K",
-                        help="run up to K runs at once, each with its own GPUs or its share of the CPU threads (default 1)")
+                        help="up to K runs at once, each with its own GPUs or share of the CPU threads (default 1)")
     parser.add_argument("--gpus-per-run", type=int, default=1, metavar="M",
-                        help="with --parallel on GPUs: the GPUs each run gets, e.g. 2 for runs that are DDP themselves (default 1)")
+                        help="GPUs each run gets under --parallel, e.g. 2 for runs that are DDP themselves (default 1)")
     parser.add_argument("--shard", metavar="I/N",
-                        help="run only shard I of N (a disjoint share of the grid; default: the SLURM array task, if any)")
+                        help="only shard I of N, a disjoint share of the grid (default: the SLURM array task's)")
     args = parser.parse_args(argv)
     try:
         if args.parallel < 1 or args.gpus_per_run < 1:
@@ -421,9 +422,10 @@ def _finish(spec: dict[str, Any], r: _Running, code: int, signals: Signals, env:
     if code != 0 and signals.received is not None:
         name = signal.Signals(signals.received).name
         if code == 128 + signals.received:
-            print(f"{r.tag}: stopped by {name}; its last.ckpt is saved. Run the sweep again to resume.", file=sys.stderr)
+            line = f"{r.tag}: stopped by {name}; its last.ckpt is saved. Run the sweep again to resume."
         else:
-            print(f"{r.tag}: stopped by {name}; the run exited with {code} (see {r.folder}/stdout.log).", file=sys.stderr)
+            line = f"{r.tag}: stopped by {name}; the run exited with {code} (see {r.folder}/stdout.log)."
+        print(line, file=sys.stderr)
         return False
     if code != 0:
         print(f"{r.tag}: FAILED with exit code {code}; see {r.folder}/stdout.log", flush=True)

@@ -6,8 +6,8 @@ system owns what is common to all of them: the optimiser and schedule, metrics a
 evaluation loop.
 
 Logged keys (the user interface, see README): ``train/loss``, ``train/lr``, ``train/graphs_seen`` (training
-graphs drawn so far, summed over ranks, carried in checkpoints so that a resumed run continues it); at validation and test the
-answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``, ``exact_match``,
+graphs drawn so far, summed over ranks, kept in checkpoints so that a resumed run continues it); at validation
+and test the answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``, ``exact_match``,
 ``free/pos_{i}``, ``tf/pos_{i}``, ``decision_acc``, ``chance``, ``tf/decision_acc``, ``tf/non_decision_acc``,
 ``edge_follow_rate``, ``valid_path_rate``, ``reaches_goal_rate``), then the task's own diagnostics (path-star:
 ``tf/pos_ge3``, ``wrong_arm_rate``) and the objective's; ``train_eval/...`` for the optional training sample.

@@ -58,12 +58,14 @@ def test_stop_when_solved_stops_after_two_validations_and_a_resumed_run_keeps_co
 
     # Resumed with more steps: the saved count goes on (stop at the next validation, step 12), neither starting
     # again at 0 (step 16) nor stopping before a validation has been seen (step 8).
-    cli = run_cli("fit", *common, "--trainer.max_steps", "40", "--ckpt_path", str(version_dir(tmp_path) / "checkpoints" / "last.ckpt"))
+    last = version_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    cli = run_cli("fit", *common, "--trainer.max_steps", "40", "--ckpt_path", str(last))
     assert cli.trainer.global_step == 12
 
     # Out of reach, even with patience 1: the run trains to max_steps.
     cli = run_cli("fit", "--config", str(tiny_config), *STOP, "--trainer.callbacks.threshold=1.01",
-                  "--trainer.callbacks.patience=1", "--trainer.max_steps", "8", "--trainer.logger.save_dir", "unreached")
+                  "--trainer.callbacks.patience=1", "--trainer.max_steps", "8",
+                  "--trainer.logger.save_dir", "unreached")
     assert cli.trainer.global_step == 8
 
 

@@ -62,12 +62,14 @@ def test_shards_run_disjoint_shares_whose_union_is_the_grid(tmp_path, tiny_confi
 
 def test_a_slurm_array_task_is_its_shard_and_an_explicit_shard_wins():
     array = {"SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "4"}
-    assert [shard_of(None, {**array, "SLURM_ARRAY_TASK_ID": str(task)}) for task in (1, 3, 5, 7)] == [(i, 4) for i in (1, 2, 3, 4)]
+    shards = [shard_of(None, {**array, "SLURM_ARRAY_TASK_ID": str(task)}) for task in (1, 3, 5, 7)]
+    assert shards == [(1, 4), (2, 4), (3, 4), (4, 4)]
     no_step = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_ID": "2"}
     assert shard_of(None, no_step) == (3, 3)
     assert shard_of("1/2", no_step) == (1, 2)
     assert shard_of(None, {"SLURM_JOB_ID": "7"}) is None  # a job, not an array: every run
-    for bad in ({**array, "SLURM_ARRAY_TASK_ID": "2"}, {**array, "SLURM_ARRAY_TASK_ID": "9"}, {"SLURM_ARRAY_TASK_ID": "3"}):
+    off_range = ({**array, "SLURM_ARRAY_TASK_ID": "2"}, {**array, "SLURM_ARRAY_TASK_ID": "9"})
+    for bad in (*off_range, {"SLURM_ARRAY_TASK_ID": "3"}):  # between steps, past the end, no count
         with pytest.raises(ValueError, match="SLURM"):
             shard_of(None, bad)
 
@@ -90,7 +92,8 @@ def test_parallel_runs_get_their_own_gpus_or_their_share_of_the_threads():
     cpu = slot_environments(3, 1, [], 16)
     assert [s["OMP_NUM_THREADS"] for s in cpu] == ["5"] * 3 and all("CUDA_VISIBLE_DEVICES" not in s for s in cpu)
     assert slot_environments(4, 1, [], 2)[0]["OMP_NUM_THREADS"] == "1"
-    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,0,-1,3"}) == ["2", "0"] and visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,0,-1,3"}) == ["2", "0"]  # CUDA stops at an invalid entry
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
 
 
 # long trains until it is stopped (checkpointing only when stopped: last.ckpt), broken fails at start-up.
@@ -127,10 +130,12 @@ def test_parallel_runs_at_once_reports_a_failure_resumes_after_a_kill_and_the_re
         if child.poll() is None:
             child.kill()
     assert child.returncode == 143, output[-3000:]
-    assert "[3/3] run=broken,seed=0: FAILED with exit code 1" in output and "run=long,seed=0: stopped by SIGTERM" in output
+    assert "[3/3] run=broken,seed=0: FAILED with exit code 1" in output
+    assert "run=long,seed=0: stopped by SIGTERM" in output
     attempts = {name: json.loads((runs[name] / "sweep_attempts.json").read_text()) for name in runs}
     quick, long = attempts["quick"][0], attempts["long"][0]
-    assert quick["started"] < long["started"] + long["seconds"] and long["started"] < quick["started"] + quick["seconds"]
+    assert quick["started"] < long["started"] + long["seconds"]  # the two ran at the same time
+    assert long["started"] < quick["started"] + quick["seconds"]
     threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert quick["environment"]["OMP_NUM_THREADS"] == long["environment"]["OMP_NUM_THREADS"] == threads
     assert not (runs["long"] / DONE).exists() and (runs["long"] / "checkpoints" / "last.ckpt").is_file()
@@ -141,7 +146,8 @@ def test_parallel_runs_at_once_reports_a_failure_resumes_after_a_kill_and_the_re
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 1, again.stdout[-3000:] + again.stderr[-3000:]
     assert "[1/3] run=quick,seed=0: finished earlier, skipped" in again.stdout
-    assert "[2/3] run=long,seed=0: resuming from last.ckpt" in again.stdout and "failed: run=broken,seed=0" in again.stderr
+    assert "[2/3] run=long,seed=0: resuming from last.ckpt" in again.stdout
+    assert "failed: run=broken,seed=0" in again.stderr
     record = json.loads((runs["long"] / DONE).read_text())
     both = json.loads((runs["long"] / "sweep_attempts.json").read_text())
     assert [a["exit_code"] for a in both] == [143, 0]
@@ -167,7 +173,8 @@ def test_parallel_runs_at_once_reports_a_failure_resumes_after_a_kill_and_the_re
 def test_the_sbatch_array_script_runs_its_tasks_shard(tmp_path):
     script = ROOT / "configs" / "sweeps" / "slurm_array.sbatch"
     assert script.read_text().startswith("#!/bin/bash\n") and "#SBATCH --array=" in script.read_text()
-    array = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_NTASKS": "1"}
+    array = {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4",
+             "SLURM_NTASKS": "1"}
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | array
     env |= {"PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "LOGS": str(tmp_path)}
     done = subprocess.run(["bash", str(script), "configs/sweeps/cpu_grid.yaml", "--dry-run"], cwd=ROOT, env=env,
