@@ -1,8 +1,11 @@
-"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run, stop on a non-finite loss, write predictions."""
+"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run, stop on a non-finite loss, stop a solved
+run, record what a run ran with, write predictions."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from typing import Any, Optional, Sequence
 
@@ -11,8 +14,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.errors import UserInputError
+from nfl.errors import UserInputError, at_least, require
 from nfl.metrics import read_answers
+from nfl.provenance import RUN_INFO, provenance
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,98 @@ class StopOnNonFiniteLoss(Callback):
             "(--trainer.gradient_clip_val=1.0), more --model.warmup_steps, or bf16-mixed rather than 16-mixed "
             "--trainer.precision."
         )
+
+
+class StopWhenSolved(Callback):
+    """Stop ``fit`` once ``monitor`` has stayed at or above ``threshold`` for ``patience`` validations in a row.
+
+    Saves compute in grids: a run that has solved its task stops right after that validation instead of
+    training on to ``max_steps``. It ends like any finished ``fit``: ``last.ckpt`` holds the final step, and
+    ``test_after_fit`` tests the final weights. The count of validations in a row is saved in checkpoints, so
+    a run resumed after an interruption continues it rather than starting again at 0. Add it in YAML::
+
+        trainer:
+          callbacks:
+            - class_path: nfl.callbacks.StopWhenSolved
+              init_args: {threshold: 0.95, patience: 2}
+
+    or ``--trainer.callbacks+=nfl.callbacks.StopWhenSolved`` on the command line (a sweep's ``args``).
+
+    Args:
+        threshold: the value ``monitor`` must reach (at or above).
+        monitor: a tag logged at validation, e.g. ``val/exact_match`` or ``val/decision_acc``.
+        patience: validations in a row at or above ``threshold`` before stopping.
+    """
+
+    def __init__(self, threshold: float = 0.95, monitor: str = "val/exact_match", patience: int = 2) -> None:
+        me = type(self)
+        require(isinstance(threshold, (int, float)) and math.isfinite(threshold), me, "threshold", threshold,
+                "give a finite number, e.g. 0.95 for val/exact_match")
+        require(bool(monitor), me, "monitor", monitor, "name a tag logged at validation, e.g. val/exact_match")
+        at_least(me, "patience", patience, 1, "validations in a row at or above the threshold")
+        self.threshold, self.monitor, self.patience = float(threshold), monitor, patience
+        self.in_a_row = 0  # validations in a row at or above the threshold, so far
+
+    @property
+    def state_key(self) -> str:
+        # Another monitor or threshold counts something else: its saved count is not this one's.
+        return self._generate_state_key(monitor=self.monitor, threshold=self.threshold)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.in_a_row = int(state_dict.get("in_a_row", 0))
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is None:  # a fresh run; a resumed one has its count from the checkpoint by now
+            self.in_a_row = 0
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            logged = ", ".join(sorted(k for k in trainer.callback_metrics if k.startswith("val/"))) or "none"
+            raise UserInputError(
+                f"StopWhenSolved.monitor={self.monitor}: not logged at validation; choose one of the val/ tags "
+                f"({logged})."
+            )
+        self.in_a_row = self.in_a_row + 1 if float(value) >= self.threshold else 0
+        # Every rank stops at the same step (they log the same reduced value, but say so explicitly).
+        stop = trainer.strategy.reduce_boolean_decision(self.in_a_row >= self.patience, all=False)
+        if stop and not trainer.should_stop:
+            trainer.should_stop = True
+            log.info(
+                "%s has been >= %g for %d validations in a row: stopping at step %d.",
+                self.monitor, self.threshold, self.in_a_row, trainer.global_step,
+            )
+
+
+class RecordRun(Callback):
+    """Write ``run_info.json`` into the run's log folder at the start of ``fit``: what the run ran with.
+
+    Holds the parameter count (each shared tensor once), the number of held-out graphs (the ``n`` of a
+    binomial standard error on ``test/exact_match``), the number of processes, and
+    :func:`nfl.provenance.provenance`: the nfl commit (``"unknown"`` outside git), whether the checkout had
+    uncommitted changes, and the nfl, torch, lightning and python versions. A resumed run rewrites it.
+    """
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.loggers:
+            return
+        folder = trainer.log_dir  # on every rank: it is a broadcast from rank 0
+        if not trainer.is_global_zero or folder is None:
+            return
+        held_out = getattr(trainer.datamodule, "test_graphs", None)
+        record = {
+            "n_parameters": sum(p.numel() for p in pl_module.parameters()),
+            "n_test_graphs": len(held_out[1]) if held_out is not None else None,
+            "world_size": trainer.world_size,
+            **provenance(),
+        }
+        with open(os.path.join(folder, RUN_INFO), "w") as f:
+            json.dump(record, f, indent=2)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -1,6 +1,7 @@
 """``python -m nfl.report --sweep lightning_logs/NAME --out docs/NAME``: a results table and plots from a sweep.
 
-Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events, see :mod:`nfl.sweep`) and writes
+Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events + ``run_info.json``, see
+:mod:`nfl.sweep`; several ``--sweep`` folders, e.g. shards copied back from separate machines, are merged) and writes
 
 - ``results.md`` and ``results.csv``: one row per setting (runs that differ only in seed), with the mean and
   standard deviation over seeds of test exact match, decision accuracy, teacher-forced accuracy at and off the
@@ -21,14 +22,16 @@ import argparse
 import csv
 import glob
 import json
+import math
 import os
 import re
 import statistics
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Optional, Sequence
 
 from nfl.errors import UserInputError
+from nfl.provenance import RUN_INFO
 from nfl.sweep import DONE
 
 # (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
@@ -39,6 +42,8 @@ COLUMNS = [
     ("tf_non_decision_acc", "test/tf/non_decision_acc", "tf off-decision acc"),
 ]
 HEADERS = {"tf_pos_ge3": "tf pos>=3"}  # markdown headers of task columns, where the csv name is not enough
+SOLVED = 0.95  # exact match at which a run counts as solved (verdicts and samples to solve)
+NOT_SOLVED = math.inf  # the steps and graphs to solve of a run that never solved: past any end of training
 
 
 def task_columns(run_dir: str) -> list[tuple[str, str, str]]:
@@ -70,15 +75,83 @@ def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
 
 
 def load_runs(sweep_dir: str) -> list[dict]:
-    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus ``scalars``."""
+    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus ``scalars``, ``columns``, ``info`` (its
+    ``run_info.json``, empty for runs written before nfl recorded one) and ``n_test`` (held-out graphs, or None)."""
     runs = []
     for marker in sorted(glob.glob(os.path.join(sweep_dir, "*", DONE))):
+        folder = os.path.dirname(marker)
         with open(marker) as f:
             run = json.load(f)
-        run["scalars"] = read_scalars(os.path.dirname(marker))
-        run["columns"] = COLUMNS + task_columns(os.path.dirname(marker))
+        run["scalars"] = read_scalars(folder)
+        run["columns"] = COLUMNS + task_columns(folder)
+        run["info"] = _read_json(os.path.join(folder, RUN_INFO))
+        run["n_test"] = run["info"].get("n_test_graphs") or _configured_n_test(folder)
         runs.append(run)
     return runs
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _configured_n_test(run_dir: str) -> Optional[int]:
+    """The held-out set size a run's saved ``config.yaml`` asks for (None with a test file: its lines decide)."""
+    import yaml
+
+    try:
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            data = (yaml.safe_load(f).get("data") or {}).get("init_args") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return None if data.get("test_file") else data.get("n_test")
+
+
+def binomial_se(p: float, n: Optional[int]) -> float:
+    """Standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n`` graphs (NaN without ``n``)."""
+    return math.sqrt(p * (1 - p) / n) if n and p == p else float("nan")
+
+
+def value_at(series: list[tuple[int, float]], step: int) -> float:
+    """A quantity that grows linearly with the step (graphs seen) at ``step``: logged there, or interpolated
+    between the logged steps around it, or scaled from the nearest one (a step ``k`` has seen ``k + 1`` batches)."""
+    if not series:
+        return float("nan")
+    below = [(s, v) for s, v in series if s <= step]
+    above = [(s, v) for s, v in series if s > step]
+    if below and below[-1][0] == step:
+        return below[-1][1]
+    if below and above:
+        (s0, v0), (s1, v1) = below[-1], above[0]
+        return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+    s0, v0 = below[-1] if below else above[0]
+    return v0 * (step + 1) / (s0 + 1)
+
+
+def samples_to_solve(scalars: dict[str, list[tuple[int, float]]], threshold: float = SOLVED) -> tuple[float, float]:
+    """``(steps, graphs seen)`` when ``val/exact_match`` first reached ``threshold``: optimizer steps trained (the
+    logged step + 1) and ``train/graphs_seen`` there (NaN where it was not logged); ``NOT_SOLVED`` for both when
+    it never did."""
+    for step, value in scalars.get("val/exact_match", []):
+        if value >= threshold:
+            return step + 1, value_at(scalars.get("train/graphs_seen", []), step)
+    return NOT_SOLVED, NOT_SOLVED
+
+
+def solve_cell(steps: list[float]) -> str:
+    """The median over seeds of the steps to solve, or ``not solved (k of n solved)`` when it is past the end."""
+    solved, n = sum(s != NOT_SOLVED for s in steps), len(steps)
+    median = statistics.median(steps)
+    if median == NOT_SOLVED:
+        return f"not solved ({solved} of {n} solved)"
+    return f"{median:,.0f}" + (f" ({solved} of {n} solved)" if solved < n else "")
+
+
+def _count(value: float) -> str:
+    return "–" if value != value or value == NOT_SOLVED else f"{value:,.0f}"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -87,7 +160,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def verdict(exact: float, decision: float, chance: float) -> str:
     """Plain words for where the decision token stands against chance (5 points either way count as at)."""
-    if exact >= 0.95:
+    if exact >= SOLVED:
         return "solved"
     if decision != decision or chance != chance:  # NaN: the task's graphs have no decision positions
         return "not solved"
@@ -127,9 +200,64 @@ def summarise(runs: list[dict]) -> list[dict]:
         chance = members[0]["scalars"].get("test/chance")  # absent where the graphs have no decisions
         row["chance"] = chance[-1][1] if chance else float("nan")
         row["verdict"] = verdict(row["exact_match_mean"], row["decision_acc_mean"], row["chance"])
+        n_test = [r["n_test"] for r in members if r["n_test"]]
+        row["n_test"] = min(n_test) if n_test else None
+        # What one run's exact match at this level is uncertain by, for comparison with another's number.
+        row["exact_match_se"] = binomial_se(row["exact_match_mean"], row["n_test"])
+        solve = [samples_to_solve(r["scalars"]) for r in members]
+        row["solved_runs"] = sum(s != NOT_SOLVED for s, _ in solve)
+        row["steps_to_solve_median"] = statistics.median(s for s, _ in solve)
+        row["graphs_to_solve_median"] = statistics.median(g for _, g in solve)
+        row["solve"] = solve_cell([s for s, _ in solve])
+        params = [r["info"]["n_parameters"] for r in members if "n_parameters" in r["info"]]
+        row["n_parameters"] = statistics.median(params) if params else float("nan")
         row["wall_seconds_mean"] = statistics.fmean(r["wall_seconds"] for r in members)
         rows.append(row)
     return rows
+
+
+def run_rows(runs: list[dict]) -> list[dict]:
+    """One row per run: its test exact match with the binomial standard error, samples to solve, size, time, commit."""
+    rows = []
+    for run in sorted(runs, key=lambda r: r["run"]):
+        exact = run["scalars"]["test/exact_match"][-1][1]
+        steps, graphs = samples_to_solve(run["scalars"])
+        info = run["info"]
+        rows.append({
+            "run": run["run"], "seed": run["seed"], "exact_match": exact,
+            "exact_match_se": binomial_se(exact, run["n_test"]), "n_test": run["n_test"],
+            "steps_to_solve": steps, "graphs_to_solve": graphs,
+            "n_parameters": info.get("n_parameters", float("nan")), "wall_seconds": run["wall_seconds"],
+            "commit": info.get("commit", "unknown"), "dirty": info.get("dirty"),
+        })
+    return rows
+
+
+def write_run_tables(rows: list[dict], out: str, title: str) -> None:
+    with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"# {title}: every run",
+        "",
+        "Test exact match ± its binomial standard error sqrt(p(1-p)/n), n the held-out graphs; the optimizer",
+        f"steps and training graphs seen when validation exact match first reached {100 * SOLVED:.0f}%; the commit",
+        "each run ran at (`+`: with uncommitted changes).",
+        "",
+        "| run | test exact match | held-out graphs | solved at step | graphs seen | params | wall time | commit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        se = "" if r["exact_match_se"] != r["exact_match_se"] else f" ± {100 * r['exact_match_se']:.1f}"
+        solved = "not solved" if r["steps_to_solve"] == NOT_SOLVED else _count(r["steps_to_solve"])
+        commit = r["commit"][:10] + ("+" if r["dirty"] else "")
+        lines.append(
+            f"| {r['run']} | {100 * r['exact_match']:.1f}{se} | {r['n_test'] or '–'} | {solved} | "
+            f"{_count(r['graphs_to_solve'])} | {_count(r['n_parameters'])} | {r['wall_seconds']:.0f} s | {commit} |"
+        )
+    with open(os.path.join(out, "runs.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str, str, str]]) -> None:
@@ -152,16 +280,22 @@ def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str
         "Mean ± standard deviation over seeds of the final test metrics, in % (one seed: its value). The decision positions are those",
         "whose predecessor on the path has more than one way on; teacher-forced (tf) accuracy high off them while",
         "the decision sits at chance is the Clever-Hans signature (`tf pos>=3`: path-star positions 3..l).",
+        "`exact match SE`: the binomial standard error sqrt(p(1-p)/n) of one run's test exact match p on its n",
+        "held-out graphs. `solved at step` and `graphs seen`: the median over seeds of the optimizer steps and",
+        f"training graphs seen when validation exact match first reached {100 * SOLVED:.0f}% (\"not solved (k of n",
+        "solved)\" when most seeds never did). Every run: [runs.md](runs.md).",
         "",
-        "| setting | seeds | " + " | ".join(h for _, _, h in columns) + " | chance | verdict | wall time / run |",
-        "|---|---|" + "---|" * len(columns) + "---|---|---|",
+        "| setting | seeds | " + " | ".join(h for _, _, h in columns)
+        + " | chance | verdict | exact match SE | solved at step | graphs seen | params | wall time / run |",
+        "|---|---|" + "---|" * len(columns) + "---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = " | ".join(pct(r, c) for c, _, _ in columns)
         chance = "–" if r["chance"] != r["chance"] else f"{100 * r['chance']:.0f}"
+        se = "–" if r["exact_match_se"] != r["exact_match_se"] else f"{100 * r['exact_match_se']:.1f}"
         lines.append(
-            f"| {r['setting']} | {r['seeds']} | {cells} | {chance} | {r['verdict']} | "
-            f"{r['wall_seconds_mean']:.0f} s |"
+            f"| {r['setting']} | {r['seeds']} | {cells} | {chance} | {r['verdict']} | {se} | {r['solve']} | "
+            f"{_count(r['graphs_to_solve_median'])} | {_count(r['n_parameters'])} | {r['wall_seconds_mean']:.0f} s |"
         )
     lines += ["", "Validation exact match over training, every setting:", "", f"![exact match]({EXACT_PLOT})"]
     lines += ["", "Per-position validation accuracy over training (left: free-running; right: teacher-forced, or",
@@ -251,14 +385,19 @@ def plot_exact_match(groups: dict[str, list[dict]], out: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfl.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", required=True, help="a sweep's log folder, e.g. lightning_logs/cpu_grid")
-    parser.add_argument("--out", required=True, help="folder for results.md, results.csv and the plots")
+    parser.add_argument("--sweep", required=True, nargs="+",
+                        help="a sweep's log folder, e.g. lightning_logs/cpu_grid; several are merged (shards)")
+    parser.add_argument("--out", required=True, help="folder for results.md/csv, runs.md/csv and the plots")
     args = parser.parse_args(argv)
-    runs = load_runs(args.sweep)
+    runs = [run for folder in args.sweep for run in load_runs(folder)]
     if not runs:
-        print(f"error: no finished runs ({DONE}) under {args.sweep}; run python -m nfl.sweep first.", file=sys.stderr)
+        where = " ".join(args.sweep)
+        print(f"error: no finished runs ({DONE}) under {where}; run python -m nfl.sweep first.", file=sys.stderr)
         return 2
     try:
+        twice = sorted(name for name, n in Counter(r["run"] for r in runs).items() if n > 1)
+        if twice:
+            raise UserInputError(f"runs found in more than one --sweep folder: {', '.join(twice)}; give each run once.")
         check_runs(runs)
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise UserInputError(f"--out {args.out} is a file; give a folder for the report.")
@@ -269,13 +408,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     columns = list(dict.fromkeys(c for run in runs for c in run["columns"]))
     write_tables(rows, args.out, f"Sweep {runs[0]['sweep']}", columns)
+    write_run_tables(run_rows(runs), args.out, f"Sweep {runs[0]['sweep']}")
     groups = defaultdict(list)
     for run in runs:
         groups[",".join(f"{k}={v}" for k, v in run["settings"].items())].append(run)
     for setting, members in groups.items():
         plot_setting(setting, members, args.out)
     plot_exact_match(groups, args.out)
-    print(f"wrote {args.out}/results.md, results.csv, {EXACT_PLOT} and {len(groups)} plots from {len(runs)} runs")
+    wrote = f"results.md, results.csv, runs.md, runs.csv, {EXACT_PLOT} and {len(groups)} plots"
+    print(f"wrote {args.out}/{wrote} from {len(runs)} runs")
     return 0
 
 

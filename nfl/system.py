@@ -5,8 +5,9 @@ are injected, each chosen by ``class_path`` in the YAML, and the graph task come
 system owns what is common to all of them: the optimiser and schedule, metrics and logging, and the
 evaluation loop.
 
-Logged keys (the user interface, see README): ``train/loss``, ``train/lr``; at validation and test the
-answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``, ``exact_match``,
+Logged keys (the user interface, see README): ``train/loss``, ``train/lr``, ``train/graphs_seen`` (training
+graphs drawn so far, summed over ranks, kept in checkpoints so that a resumed run continues it); at validation
+and test the answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``, ``exact_match``,
 ``free/pos_{i}``, ``tf/pos_{i}``, ``decision_acc``, ``chance``, ``tf/decision_acc``, ``tf/non_decision_acc``,
 ``edge_follow_rate``, ``valid_path_rate``, ``reaches_goal_rate``), then the task's own diagnostics (path-star:
 ``tf/pos_ge3``, ``wrong_arm_rate``), ``scratchpad/exact_match`` where the task has a scratchpad (the answer
@@ -41,6 +42,7 @@ from nfl.tasks.scratchpad_metrics import ScratchpadMatch
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+GRAPHS_SEEN = "graphs_seen"  # the checkpoint key of GraphSystem.graphs_seen
 
 
 class GraphSystem(pl.LightningModule):
@@ -119,6 +121,9 @@ class GraphSystem(pl.LightningModule):
         refuse_reverse(task, reverse, me)
         self.objective.bind(task, self.backbone, self.codec.dummy, self.codec.stop)
         self._train_backbone: Optional[Callable] = None  # compiled view of self.backbone, not a submodule
+        # Training graphs drawn so far on all ranks (repeats of a finite set count again); None after loading a
+        # checkpoint written before nfl counted them, until the first step estimates it.
+        self.graphs_seen: Optional[int] = 0
         stages = ("val", "test", "train_eval")
         self.metrics = torch.nn.ModuleDict({stage: AnswerMetrics(task, reverse) for stage in stages})
         extra = {stage: task.diagnostics(reverse) for stage in stages}
@@ -149,7 +154,23 @@ class GraphSystem(pl.LightningModule):
         for name, value in out.extras.items():
             self.log(f"train/{name}", value)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self._count_graphs(len(encoded.target))
+        self.log("train/graphs_seen", float(self.graphs_seen))
         return out.loss
+
+    def _count_graphs(self, rows: int) -> None:
+        """Add this batch's training graphs, summed over ranks, to :attr:`graphs_seen`."""
+        if self.trainer.world_size > 1:  # ranks could draw batches of different sizes: count what each drew
+            rows = int(self.trainer.strategy.reduce(torch.tensor(rows, device=self.device), reduce_op="sum"))
+        if self.graphs_seen is None:  # resumed from an older checkpoint: every earlier batch was as large
+            self.graphs_seen = self.trainer.global_step * self.trainer.accumulate_grad_batches * rows
+        self.graphs_seen += rows
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[GRAPHS_SEEN] = self.graphs_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.graphs_seen = checkpoint.get(GRAPHS_SEEN)
 
     # --- evaluation ----------------------------------------------------------------------------------
     def _evaluate(self, batch: Batch, stage: str) -> None:

@@ -42,6 +42,7 @@ def test_two_process_ddp_splits_data_and_reduces_metrics_exactly(task, tiny_conf
     assert not ranks[0] & ranks[1]  # ... and no graph appears on both ranks
     ddp_exact = read_scalars(version_dir(tmp_path))["val/exact_match"][-1][1]
     ddp_loss = read_scalars(version_dir(tmp_path))["val/loss"][-1][1]
+    assert read_scalars(version_dir(tmp_path))["train/graphs_seen"][-1] == (7, 8 * 32 * 2.0)  # both ranks' graphs
 
     ckpt = version_dir(tmp_path) / "checkpoints" / "last.ckpt"
     single = run_cli("validate", *common, "--ckpt_path", str(ckpt)).trainer.callback_metrics
