@@ -13,6 +13,8 @@ and one seed is a run. A setting is a mapping of CLI keys to values, passed to `
       objective:
         teacher_forcing: {model.objective: nfl.objectives.TeacherForcing}
         reverse: {data.init_args.reverse: true}
+    exclude:                                   # optional: combinations that are not runs
+      - {objective: reverse, seed: 1}
 
 Run ``objective=reverse,seed=1`` logs to ``lightning_logs/my_sweep/objective=reverse,seed=1/`` (TensorBoard events,
 config.yaml, run_info.json with the commit and package versions, checkpoints/). Each run is a subprocess that fits
@@ -74,9 +76,9 @@ def load_sweep(path: str) -> tuple[dict[str, Any], list[Run]]:
         raise UserInputError(f"Cannot read sweep file {path!r}: {err}") from None
     if not isinstance(spec, dict) or not {"name", "base", "grid"} <= set(spec):
         raise UserInputError(f"{path}: a sweep file needs 'name', 'base' and 'grid' (see python -m nfl.sweep --help).")
-    unknown = set(spec) - {"name", "base", "grid", "seeds", "args"}
+    unknown = set(spec) - {"name", "base", "grid", "seeds", "args", "exclude"}
     if unknown:
-        raise UserInputError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, base, seeds, args, grid.")
+        raise UserInputError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, base, seeds, args, grid, exclude.")
     spec["base"] = _find_base(spec["base"], path)
     grid = spec["grid"]
     if not isinstance(grid, dict) or not all(isinstance(v, dict) and v for v in grid.values()):
@@ -89,7 +91,33 @@ def load_sweep(path: str) -> tuple[dict[str, Any], list[Run]]:
             overrides = [f"--{k}={_cli_value(v)}" for _, values in combo for k, v in (values or {}).items()]
             name = ",".join([f"{a}={n}" for a, n in settings.items()] + [f"seed={seed}"])
             runs.append(Run(name, settings, int(seed), overrides))
-    return spec, runs
+    excluded = _exclusions(spec.get("exclude") or [], grid, path)
+    return spec, [r for r in runs if not any(_matches(r, rule) for rule in excluded)]
+
+
+def _exclusions(rules: Any, grid: dict[str, Any], path: str) -> list[dict[str, set[str]]]:
+    """``exclude``: a list of mappings ``{axis: setting or [settings], seed: n or [n]}``; a run matching every
+    key of one mapping is left out (e.g. an objective a backbone cannot run)."""
+    if not isinstance(rules, list) or not all(isinstance(r, dict) and r for r in rules):
+        raise UserInputError(f"{path}: 'exclude' is a list of mappings such as {{backbone: mamba, objective: registers}}.")
+    out = []
+    for rule in rules:
+        checked = {}
+        for axis, names in rule.items():
+            names = names if isinstance(names, list) else [names]
+            if axis != "seed":
+                if axis not in grid:
+                    raise UserInputError(f"{path}: exclude names axis {axis!r}; the grid's axes are {sorted(grid)} (and seed).")
+                missing = [n for n in names if n not in grid[axis]]
+                if missing:
+                    raise UserInputError(f"{path}: exclude names {axis}={missing[0]}, which is not a setting of {axis} ({', '.join(grid[axis])}).")
+            checked[axis] = {str(n) for n in names}
+        out.append(checked)
+    return out
+
+
+def _matches(run: Run, rule: dict[str, set[str]]) -> bool:
+    return all((str(run.seed) if axis == "seed" else run.settings[axis]) in names for axis, names in rule.items())
 
 
 def _find_base(base: str, sweep_path: str) -> str:

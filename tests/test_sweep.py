@@ -122,6 +122,26 @@ def test_sweep_files_are_checked(tmp_path, capsys):
     assert "needs 'name', 'base' and 'grid'" in capsys.readouterr().err
 
 
+def test_exclude_leaves_out_the_matching_combinations(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text("seed_everything: 0\n")
+    sweep = tmp_path / "s.yaml"
+    head = f"name: s\nbase: {base}\nseeds: [0, 1]\ngrid:\n  backbone: {{gpt: {{a: 1}}, mamba: {{a: 2}}}}\n" \
+        "  objective: {tf: {b: 1}, registers: {b: 2}, mdm: {b: 3}}\n"
+    sweep.write_text(head + "exclude:\n  - {backbone: mamba, objective: [registers, mdm]}\n  - {objective: tf, seed: 1}\n")
+    names = [r.name for r in load_sweep(str(sweep))[1]]
+    assert names == ["backbone=gpt,objective=tf,seed=0", "backbone=gpt,objective=registers,seed=0",
+                     "backbone=gpt,objective=registers,seed=1", "backbone=gpt,objective=mdm,seed=0",
+                     "backbone=gpt,objective=mdm,seed=1", "backbone=mamba,objective=tf,seed=0"]
+    for rule, message in [("{objectiv: tf}", "exclude names axis 'objectiv'"),
+                          ("{objective: rgisters}", "exclude names objective=rgisters, which is not a setting"),
+                          ("mamba", "'exclude' is a list of mappings")]:
+        sweep.write_text(head + f"exclude: [{rule}]\n" if rule != "mamba" else head + "exclude: mamba\n")
+        assert sweep_main(["--config", str(sweep)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_sweeps_expand_and_every_setting_parses(path, run_cli, capsys):
     assert path.read_text().startswith("# ")
