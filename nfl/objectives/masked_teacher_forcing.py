@@ -30,7 +30,6 @@ from typing import Optional
 
 import torch
 
-from nfl.decoding import continue_greedy, greedy_decode
 from nfl.errors import in_range
 from nfl.models.base import Backbone
 from nfl.objectives.base import (
@@ -38,7 +37,6 @@ from nfl.objectives.base import (
     Reservation,
     fed_back,
     target_cross_entropy,
-    teacher_forced_and_prefill,
 )
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.tasks.base import IGNORE_INDEX, GraphTask
@@ -105,31 +103,11 @@ class MaskedTeacherForcing(TeacherForcing):
         logits = self.target_logits(backbone, inputs, prefix.shape[1])
         return ObjectiveOutput(target_cross_entropy(logits, target), logits, {"masked_tf/masked_fraction": fraction})
 
-    def _readout(self, backbone: Backbone):
+    def readout(self, backbone: Backbone):
         """The unembedding with the mask token's logit at -inf: greedy decoding never emits it."""
+        mask = torch.tensor([self.mask_id])
+
         def readout(hidden: torch.Tensor) -> torch.Tensor:
-            return self._without_mask(backbone.unembed(hidden))
+            return backbone.unembed(hidden).index_fill(-1, mask.to(hidden.device), float("-inf"))
 
         return readout
-
-    def _without_mask(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.index_fill(-1, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
-
-    def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
-        steps = steps or self.task.target_len
-        return greedy_decode(backbone, prefix, steps, self.use_cache, self.stop, self._readout(backbone))
-
-    @torch.no_grad()
-    def evaluate(
-        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
-    ) -> tuple[ObjectiveOutput, torch.Tensor]:
-        """An unmasked teacher-forced pass (whatever the module's mode), doubling as the prefill of decoding."""
-        shared = teacher_forced_and_prefill(backbone, prefix, fed_back(target), steps) if self.use_cache else None
-        if shared is None:
-            logits = self.target_logits(backbone, self.inputs(prefix, target), prefix.shape[1])
-            return ObjectiveOutput(target_cross_entropy(logits, target), logits), self.decode(backbone, prefix, steps)
-        hidden, cache = shared
-        logits = backbone.unembed(hidden)  # (B, l, V)
-        first = self._without_mask(logits[:, 0])
-        generated = continue_greedy(backbone, cache, first, steps, self.stop, self._readout(backbone))
-        return ObjectiveOutput(target_cross_entropy(logits, target), logits), generated

@@ -44,7 +44,6 @@ from typing import Optional
 
 import torch
 
-from nfl.decoding import continue_greedy
 from nfl.errors import at_least, in_range, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import (
@@ -52,7 +51,6 @@ from nfl.objectives.base import (
     Reservation,
     fed_back,
     target_cross_entropy,
-    teacher_forced_and_prefill,
 )
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.tasks.base import IGNORE_INDEX, GraphTask
@@ -145,16 +143,3 @@ class Registers(TeacherForcing):
         loss = (1 - self.a) * next_token + self.a * register
         extras = {"registers/loss": register.detach(), "registers/next_token_loss": next_token.detach()}
         return ObjectiveOutput(loss, logits, extras)
-
-    @torch.no_grad()
-    def evaluate(
-        self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor, steps: int
-    ) -> tuple[ObjectiveOutput, torch.Tensor]:
-        """Teacher forcing's evaluation, without registers: its teacher-forced pass and greedy decoding."""
-        shared = teacher_forced_and_prefill(backbone, prefix, fed_back(target), steps) if self.use_cache else None
-        if shared is None:
-            return TeacherForcing.forward(self, backbone, prefix, target), self.decode(backbone, prefix, steps)
-        hidden, cache = shared
-        logits = backbone.unembed(hidden)  # (B, l, V)
-        generated = continue_greedy(backbone, cache, logits[:, 0], steps, self.stop)
-        return ObjectiveOutput(target_cross_entropy(logits, target), logits), generated

@@ -7,7 +7,7 @@ graphs (the Clever-Hans cheat) the paper describes.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -37,12 +37,23 @@ class TeacherForcing(Objective):
     def inputs(self, prefix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.cat([prefix, fed_back(target)], dim=1)  # (B, P + l - 1)
 
-    def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
+    def teacher_forced_pass(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
+        """The plain teacher-forced pass over the data's answer. Evaluation reports this pass for teacher forcing
+        and for every objective built on it, whatever extra inputs or losses the objective trains with."""
         logits = self.target_logits(backbone, self.inputs(prefix, target), prefix.shape[1])
         return ObjectiveOutput(target_cross_entropy(logits, target), logits)
 
+    def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
+        return self.teacher_forced_pass(backbone, prefix, target)
+
+    def readout(self, backbone: Backbone) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """How decoding turns hidden states into logits; None is the backbone's unembedding. An objective with
+        training-only tokens returns one that never picks them."""
+        return None
+
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
-        return greedy_decode(backbone, prefix, steps or self.task.target_len, self.use_cache, self.stop)
+        steps = steps or self.task.target_len
+        return greedy_decode(backbone, prefix, steps, self.use_cache, self.stop, self.readout(backbone))
 
     @torch.no_grad()
     def evaluate(
@@ -56,8 +67,10 @@ class TeacherForcing(Objective):
         """
         shared = teacher_forced_and_prefill(backbone, prefix, fed_back(target), steps) if self.use_cache else None
         if shared is None:
-            return super().evaluate(backbone, prefix, target, steps)
+            return self.teacher_forced_pass(backbone, prefix, target), self.decode(backbone, prefix, steps)
         hidden, cache = shared
         logits = backbone.unembed(hidden)  # (B, l, V)
-        generated = continue_greedy(backbone, cache, logits[:, 0], steps, self.stop)
+        readout = self.readout(backbone)
+        first = logits[:, 0] if readout is None else readout(hidden[:, 0])
+        generated = continue_greedy(backbone, cache, first, steps, self.stop, readout)
         return ObjectiveOutput(target_cross_entropy(logits, target), logits), generated

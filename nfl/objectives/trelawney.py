@@ -251,7 +251,7 @@ class Trelawney(TeacherForcing):
         # Room for the prefix, <T>, the span, </T> and the answer (the function sizes its cache from steps).
         shared = teacher_forced_and_prefill(backbone, prefix, fed_back(target), steps + self.width + 2)
         if shared is None:
-            tf = super().forward(backbone, prefix, target)
+            tf = self.teacher_forced_pass(backbone, prefix, target)
             logits = tf.logits
             answer, span, span_len, closed = self._goal_first_from_prefix(backbone, prefix, steps)
         else:
