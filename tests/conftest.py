@@ -47,6 +47,32 @@ data:
 """
 
 
+def bind_objective(objective, task, backbone_cls=None, backbone=None, std=None, **size):
+    """An objective wired to a tiny backbone as the system wires it: its reserved tokens right after the task's
+    and its extra length on top. ``std`` re-draws the weight matrices wider, so logits are not all alike."""
+    from nfl.models import GPT
+
+    backbone_cls = backbone_cls or GPT
+    reservation = objective.reserve(task)
+    objective.token_ids = {name: task.vocab_size + i for i, name in enumerate(reservation.tokens)}
+    if backbone is None:
+        size = size or {"n_layer": 1, "d_model": 16, **({"n_head": 2} if backbone_cls is GPT else {})}
+        backbone = backbone_cls(task.vocab_size + len(reservation.tokens), task.seq_len + reservation.extra_len, **size)
+    if std is not None:
+        with torch.no_grad():
+            for p in backbone.parameters():
+                if p.ndim >= 2:
+                    p.normal_(0.0, std)
+    objective.bind(task, backbone, stop=task.end)
+    return objective, backbone
+
+
+def sample_batch(task, n=6, seed=0):
+    """``n`` graphs of ``task`` as torch tensors ``(prefix, target)``."""
+    prefix, target = task.sample(np.random.default_rng(seed), n)
+    return torch.from_numpy(prefix), torch.from_numpy(target)
+
+
 class TaskMetrics:
     """The system's evaluation metrics for a task (answer metrics, graph diagnostics and the task's own), fed
     node predictions the way the system feeds them."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,21 +19,7 @@ from nfl.objectives.belief_state import pair_grid
 from nfl.objectives.base import reversed_rows
 from nfl.tasks import PathStar
 from nfl.tasks.base import IGNORE_INDEX
-
-
-def bound(objective, task, backbone_cls=GPT, **size):
-    """The objective wired to a tiny backbone as the system wires it: its tokens after the task's."""
-    reservation = objective.reserve(task)
-    objective.token_ids = {name: task.vocab_size + i for i, name in enumerate(reservation.tokens)}
-    size = size or {"n_layer": 1, "d_model": 16, **({"n_head": 2} if backbone_cls is GPT else {})}
-    backbone = backbone_cls(task.vocab_size + len(reservation.tokens), task.seq_len + reservation.extra_len, **size)
-    objective.bind(task, backbone, stop=task.end)
-    return objective, backbone
-
-
-def sample(task, n=6, seed=0):
-    prefix, target = task.sample(np.random.default_rng(seed), n)
-    return torch.from_numpy(prefix), torch.from_numpy(target)
+from tests.conftest import bind_objective as bound, sample_batch as sample
 
 
 VARIED = PathStar(degree=2, arm_lengths=[2, 4], goal="any", num_nodes=20)

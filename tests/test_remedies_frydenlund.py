@@ -19,30 +19,11 @@ from nfl.models import GPT, Mamba
 from nfl.objectives import MaskedTeacherForcing, RankIntoFuture, TeacherForcing
 from nfl.tasks import PathStar, TreeStar
 from nfl.tasks.base import IGNORE_INDEX
+from tests.conftest import bind_objective as bound, sample_batch as sample
 
 FIXED = PathStar(degree=2, path_len=5, num_nodes=20)
 VARIED = PathStar(degree=2, arm_lengths=[2, 4], goal="any", num_nodes=20)
 TREE = TreeStar(degree=2, branching=2, depth=2, segment=1, num_nodes=20)
-
-
-def bound(objective, task, backbone_cls=GPT, std=None, **size):
-    """The objective wired to a tiny backbone as the system wires it (its tokens after the task's)."""
-    reservation = objective.reserve(task)
-    objective.token_ids = {name: task.vocab_size + i for i, name in enumerate(reservation.tokens)}
-    size = size or {"n_layer": 1, "d_model": 16, **({"n_head": 2} if backbone_cls is GPT else {})}
-    backbone = backbone_cls(task.vocab_size + len(reservation.tokens), task.seq_len + reservation.extra_len, **size)
-    if std is not None:  # spread the logits, so hinges and argmaxes are not all alike
-        with torch.no_grad():
-            for p in backbone.parameters():
-                if p.ndim >= 2:
-                    p.normal_(0.0, std)
-    objective.bind(task, backbone, stop=task.end)
-    return objective, backbone
-
-
-def sample(task, n=6, seed=0):
-    prefix, target = task.sample(np.random.default_rng(seed), n)
-    return torch.from_numpy(prefix), torch.from_numpy(target)
 
 
 def capture_inputs(backbone):

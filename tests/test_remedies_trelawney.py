@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,25 +16,10 @@ from nfl.objectives import TeacherForcing, Trelawney
 from nfl.objectives.trelawney import span_is_right
 from nfl.tasks import PathStar
 from nfl.tasks.base import IGNORE_INDEX
+from tests.conftest import bind_objective as bound, sample_batch as sample
 
 FIXED = PathStar(degree=2, path_len=4, num_nodes=20)
 VARIED = PathStar(degree=2, arm_lengths=[2, 4], goal="any", num_nodes=20)  # answers of 2..4 nodes, end token
-
-
-def bound(objective, task, backbone_cls=GPT, backbone=None):
-    """The objective wired as the system wires it: its two tokens right after the task's."""
-    reservation = objective.reserve(task)
-    objective.token_ids = {name: task.vocab_size + i for i, name in enumerate(reservation.tokens)}
-    if backbone is None:
-        size = {"n_layer": 1, "d_model": 16, **({"n_head": 2} if backbone_cls is GPT else {})}
-        backbone = backbone_cls(task.vocab_size + len(reservation.tokens), task.seq_len + reservation.extra_len, **size)
-    objective.bind(task, backbone, stop=task.end)
-    return objective, backbone
-
-
-def sample(task, n=6, seed=0):
-    prefix, target = task.sample(np.random.default_rng(seed), n)
-    return torch.from_numpy(prefix), torch.from_numpy(target)
 
 
 # --- the modified answers ----------------------------------------------------------------------------------
