@@ -1,5 +1,8 @@
 """``python -m nfl.report --sweep lightning_logs/NAME --out docs/NAME``: a results table and plots from a sweep.
 
+(``python -m nfl.report --atlas configs/atlas.yaml --out docs/atlas`` writes the reproduction atlas instead: see
+:mod:`nfl.atlas`.)
+
 Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events + ``run_info.json``, see
 :mod:`nfl.sweep`; several ``--sweep`` folders, e.g. shards copied back from separate machines, are merged) and writes
 
@@ -385,10 +388,24 @@ def plot_exact_match(groups: dict[str, list[dict]], out: str) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfl.report", description=__doc__.splitlines()[0])
-    parser.add_argument("--sweep", required=True, nargs="+",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sweep", nargs="+",
                         help="a sweep's log folder, e.g. lightning_logs/cpu_grid; several are merged (shards)")
-    parser.add_argument("--out", required=True, help="folder for results.md/csv, runs.md/csv and the plots")
+    source.add_argument("--atlas", help="an atlas file (configs/atlas.yaml): write the reproduction atlas's pages "
+                        "(one per claim and an index, see nfl.atlas) instead of one sweep's report")
+    parser.add_argument("--out", required=True, help="folder for results.md/csv, runs.md/csv and the plots "
+                        "(with --atlas: for README.md and one page per claim)")
     args = parser.parse_args(argv)
+    if args.atlas:
+        from nfl.atlas import write_atlas
+
+        try:
+            written = write_atlas(args.atlas, args.out)
+        except UserInputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"wrote {len(written)} atlas pages to {args.out} from {args.atlas}")
+        return 0
     runs = [run for folder in args.sweep for run in load_runs(folder)]
     if not runs:
         where = " ".join(args.sweep)
