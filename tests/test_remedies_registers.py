@@ -4,7 +4,6 @@ sees a register; backbones without masks or position ids are refused."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,24 +13,10 @@ from nfl.models import GPT, Mamba
 from nfl.objectives import Registers, TeacherForcing
 from nfl.tasks import PathStar
 from nfl.tasks.base import IGNORE_INDEX
+from tests.conftest import bind_objective as bound, sample_batch as sample
 
 FIXED = PathStar(degree=2, path_len=4, num_nodes=20)
 VARIED = PathStar(degree=2, arm_lengths=[2, 4], goal="any", num_nodes=20)  # end token, IGNORE_INDEX padding
-
-
-def bound(objective, task, backbone_cls=GPT, **size):
-    """The objective wired to a tiny backbone as the system wires it: its tokens after the task's."""
-    reservation = objective.reserve(task)
-    objective.token_ids = {name: task.vocab_size + i for i, name in enumerate(reservation.tokens)}
-    size = size or {"n_layer": 1, "d_model": 16, "n_head": 2}
-    backbone = backbone_cls(task.vocab_size + len(reservation.tokens), task.seq_len + reservation.extra_len, **size)
-    objective.bind(task, backbone, stop=task.end)
-    return objective, backbone
-
-
-def sample(task, n, seed=0):
-    prefix, target = task.sample(np.random.default_rng(seed), n)
-    return torch.from_numpy(prefix), torch.from_numpy(target)
 
 
 def test_the_sequence_positions_targets_and_mask_of_a_hand_made_batch():
@@ -159,6 +144,21 @@ def test_inference_is_teacher_forcing_without_registers(use_cache):
     assert torch.equal(out.logits, tf_out.logits) and torch.equal(generated, tf_generated)
     assert torch.equal(decoded, teacher.decode(backbone, prefix))
     assert Registers.teacher_forced  # so the tf/* tags are logged, from this pass
+
+
+def test_greedy_decoding_never_writes_the_register_token():
+    objective, backbone = bound(Registers(), FIXED)
+    register = objective.token_ids["register"]
+    prefix, target = sample(FIXED, 8)
+    tf = TeacherForcing()
+    tf.bind(FIXED, backbone)
+    with torch.no_grad():  # make the register the most likely token everywhere
+        backbone.tok_emb.weight[register] = 50 * backbone(prefix)[:, -1].mean(0)
+    assert (tf.decode(backbone, prefix) == register).any()
+    for use_cache in (True, False):
+        objective.use_cache = use_cache
+        generated = objective.evaluate(backbone, prefix, target, FIXED.target_len)[1]
+        assert not (generated == register).any() and torch.equal(objective.decode(backbone, prefix), generated)
 
 
 def test_bad_options_and_backbones_are_refused_in_one_line():

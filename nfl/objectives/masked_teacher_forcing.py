@@ -52,6 +52,8 @@ class MaskedTeacherForcing(TeacherForcing):
         use_cache: as :class:`~nfl.objectives.TeacherForcing`.
     """
 
+    never_emitted = ("mask",)  # greedy decoding never writes the training-only token
+
     def __init__(self, rate: float = 0.5, span: bool = False, replace: float = 0.0, use_cache: bool = True) -> None:
         super().__init__(use_cache)
         me = type(self)
@@ -102,12 +104,3 @@ class MaskedTeacherForcing(TeacherForcing):
         inputs, fraction = self.corrupted_inputs(prefix, target)
         logits = self.target_logits(backbone, inputs, prefix.shape[1])
         return ObjectiveOutput(target_cross_entropy(logits, target), logits, {"masked_tf/masked_fraction": fraction})
-
-    def readout(self, backbone: Backbone):
-        """The unembedding with the mask token's logit at -inf: greedy decoding never emits it."""
-        mask = torch.tensor([self.mask_id])
-
-        def readout(hidden: torch.Tensor) -> torch.Tensor:
-            return backbone.unembed(hidden).index_fill(-1, mask.to(hidden.device), float("-inf"))
-
-        return readout

@@ -26,7 +26,7 @@ batch (MuToR pools registers over the batch rather than averaging per sequence).
 ``train/registers/loss`` (the register term) and ``train/registers/next_token_loss``.
 
 **Inference** drops the registers: evaluation and decoding are plain teacher forcing (the ``tf/*`` tags are
-a true teacher-forced pass without registers) and greedy decoding.
+a true teacher-forced pass without registers) and greedy decoding, which never writes the register token.
 
 Departures from MuToR: the prefix stays causal (MuToR's fine-tuning code lets the question attend both ways,
 in its baseline too; nfl's teacher forcing is causal, so this is the like-for-like comparison); ``d`` is drawn
@@ -76,6 +76,8 @@ class Registers(TeacherForcing):
             recommendation); 0 is teacher forcing.
         use_cache: as :class:`~nfl.objectives.TeacherForcing` (evaluation and decoding).
     """
+
+    never_emitted = ("register",)  # greedy decoding never writes the training-only token
 
     def __init__(self, max_offset: int = 4, a: float = 0.3, use_cache: bool = True) -> None:
         super().__init__(use_cache)

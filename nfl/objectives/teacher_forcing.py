@@ -46,10 +46,19 @@ class TeacherForcing(Objective):
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
         return self.teacher_forced_pass(backbone, prefix, target)
 
+    never_emitted: tuple[str, ...] = ()  # reserved tokens (names) that exist at training only: never decoded
+
     def readout(self, backbone: Backbone) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-        """How decoding turns hidden states into logits; None is the backbone's unembedding. An objective with
-        training-only tokens returns one that never picks them."""
-        return None
+        """How decoding turns hidden states into logits: the backbone's unembedding (None), with the logits of
+        :attr:`never_emitted` tokens at -inf where an objective has training-only tokens."""
+        if not self.never_emitted:
+            return None
+        ids = torch.tensor([self.token_ids[name] for name in self.never_emitted])
+
+        def readout(hidden: torch.Tensor) -> torch.Tensor:
+            return backbone.unembed(hidden).index_fill(-1, ids.to(hidden.device), float("-inf"))
+
+        return readout
 
     def decode(self, backbone: Backbone, prefix: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         steps = steps or self.task.target_len
