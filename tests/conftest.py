@@ -47,6 +47,16 @@ data:
 """
 
 
+def tiny_fit(config, steps: int, n_test: int = 16) -> list[str]:
+    """``fit`` arguments that run a GPU-sized GPT config for ``steps`` steps at a tiny size (1 layer, width 32)."""
+    return [
+        "fit", "--config", str(config), "--trainer.fast_dev_run", str(steps), "--data.init_args.batch_size", "8",
+        "--data.init_args.n_train", "64", "--data.init_args.n_test", str(n_test), "--trainer.enable_progress_bar",
+        "false", "--model.backbone.init_args.n_layer", "1", "--model.backbone.init_args.d_model", "32",
+        "--model.backbone.init_args.n_head", "2",
+    ]
+
+
 def bind_objective(objective, task, backbone_cls=None, backbone=None, std=None, **size):
     """An objective wired to a tiny backbone as the system wires it: its reserved tokens right after the task's
     and its extra length on top. ``std`` re-draws the weight matrices wider, so logits are not all alike."""

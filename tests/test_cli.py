@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONFIGS, ROOT, version_dir
+from tests.conftest import CONFIGS, ROOT, tiny_fit, version_dir
 
 
 def test_configs_are_shipped():
@@ -24,12 +24,7 @@ def test_configs_are_shipped():
 def test_the_nextlat_configs_run_a_few_steps_at_a_tiny_size(config, run_cli):
     """The GPU-sized NextLat (Teoh et al. 2025) configs: their objectives and data, on a tiny GPT here."""
     assert config.read_text().startswith("# NextLat (Teoh et al. 2025")
-    cli = run_cli(
-        "fit", "--config", str(config), "--trainer.fast_dev_run", "2", "--data.init_args.batch_size", "8",
-        "--data.init_args.n_train", "64", "--data.init_args.n_test", "16", "--trainer.enable_progress_bar", "false",
-        "--model.backbone.init_args.n_layer", "1", "--model.backbone.init_args.d_model", "32",
-        "--model.backbone.init_args.n_head", "2",
-    )
+    cli = run_cli(*tiny_fit(config, 2))
     assert cli.trainer.global_step == 2
     assert "test/exact_match" in cli.trainer.callback_metrics  # test_after_fit: true
 

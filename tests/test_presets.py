@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from nfl.sweep import load_sweep
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_fit
 
 PRESETS = sorted((ROOT / "configs" / "presets").glob("*.yaml"))
 STEPS_PER_EPOCH = 782  # the reference loader's batches of 256 over 200,000 graphs, the last one partial
@@ -54,12 +54,7 @@ PARSE = sorted(set(PRESETS) - set(RUN))
 
 @pytest.mark.parametrize("preset", RUN, ids=lambda p: p.name)
 def test_each_objectives_preset_runs_a_step_at_a_tiny_size(preset, run_cli):
-    cli = run_cli(
-        "fit", "--config", str(preset), "--trainer.fast_dev_run", "1", "--data.init_args.batch_size", "8",
-        "--data.init_args.n_train", "64", "--data.init_args.n_test", "8", "--trainer.enable_progress_bar", "false",
-        "--model.backbone.init_args.n_layer", "1", "--model.backbone.init_args.d_model", "32",
-        "--model.backbone.init_args.n_head", "2",
-    )
+    cli = run_cli(*tiny_fit(preset, 1, n_test=8))
     assert cli.trainer.global_step == 1
     assert "test/exact_match" in cli.trainer.callback_metrics  # test_after_fit: true
 
