@@ -108,16 +108,15 @@ class GraphSystem(pl.LightningModule):
         self.objective.token_ids = {name: task.vocab_size + i for i, name in enumerate(reservation.tokens)}
         self.backbone = backbone(task.vocab_size + len(reservation.tokens), task.seq_len + reservation.extra_len)
         self.codec = self.backbone.codec(task)  # numeral batches <-> the backbone's own tokens
-        if reservation.tokens and not isinstance(self.codec, NumeralCodec):
-            raise UserInputError(
-                f"{type(self.objective).__name__} adds tokens of its own ({', '.join(reservation.tokens)}), which "
-                f"{type(self.backbone).__name__}'s tokenizer does not have; use nfl.models.GPT or nfl.models.Mamba."
-            )
-        if task.scratchpad is not None and not isinstance(self.codec, NumeralCodec):
-            raise UserInputError(
-                f"scratchpad: {task.scratchpad} writes a separator token of its own, which "
-                f"{type(self.backbone).__name__}'s tokenizer does not have; use nfl.models.GPT or nfl.models.Mamba."
-            )
+        own_tokens = (  # what would need a token that a pretrained tokenizer does not have
+            (bool(reservation.tokens),
+             f"{type(self.objective).__name__} adds tokens of its own ({', '.join(reservation.tokens)})"),
+            (task.scratchpad is not None, f"scratchpad: {task.scratchpad} writes a separator token of its own"),
+        )
+        for needed, what in own_tokens:
+            if needed and not isinstance(self.codec, NumeralCodec):
+                raise UserInputError(f"{what}, which {type(self.backbone).__name__}'s tokenizer does not have; "
+                                     "use nfl.models.GPT or nfl.models.Mamba.")
         refuse_reverse(task, reverse, me)
         self.objective.bind(task, self.backbone, self.codec.dummy, self.codec.stop)
         self._train_backbone: Optional[Callable] = None  # compiled view of self.backbone, not a submodule
