@@ -169,7 +169,7 @@ def _check_setting(where: str, setting: Any) -> None:
 
 def _sweep_runs(source: dict, where: str) -> tuple[dict, list]:
     """The sweep file's spec and its runs whose settings are ``source['runs']`` (refused when there are none)."""
-    from nfl.sweep import load_sweep
+    from nfl.sweep_file import load_sweep
 
     if not os.path.isfile(source["sweep"]):
         raise UserInputError(f"{where}: sweep file {source['sweep']!r} not found "

@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 
 from nfl.errors import UserInputError
 from nfl.provenance import RUN_INFO
-from nfl.sweep import DONE
+from nfl.sweep_file import DONE
 
 # (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
 COLUMNS = [
