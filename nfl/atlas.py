@@ -25,7 +25,7 @@ from typing import Any, Optional
 import yaml
 
 from nfl.errors import UserInputError
-from nfl.report import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, value_at
+from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, value_at
 
 COMPARABLE = 0.5  # nfl's budget counts as comparable to a published run's from this fraction of its graphs seen
 VERDICTS = ("reproduced", "not reproduced at this budget", "contradicted", "not run here", "no published number")
