@@ -1,7 +1,7 @@
 """A sweep's finished runs read back: TensorBoard scalars, ``sweep_run.json``, ``run_info.json`` and the held-out
 set size, and what follows from them alone: samples to solve, binomial standard errors, values between logged steps.
 
-:mod:`nfl.report` writes its tables and plots from these, and :mod:`nfl.atlas` measures its rows from them.
+:mod:`nfl.report` writes its tables and plots from these, and :mod:`nfl.atlas_rows` measures the atlas's rows.
 """
 
 from __future__ import annotations
