@@ -23,125 +23,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
-import json
-import math
 import os
-import re
 import statistics
 import sys
 from collections import Counter, defaultdict
 from typing import Optional, Sequence
 
 from nfl.errors import UserInputError
-from nfl.provenance import RUN_INFO
-from nfl.sweep import DONE
-
-# (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
-COLUMNS = [
-    ("exact_match", "test/exact_match", "test exact match"),
-    ("decision_acc", "test/decision_acc", "decision acc"),
-    ("tf_decision_acc", "test/tf/decision_acc", "tf decision acc"),
-    ("tf_non_decision_acc", "test/tf/non_decision_acc", "tf off-decision acc"),
-]
-HEADERS = {"tf_pos_ge3": "tf pos>=3"}  # markdown headers of task columns, where the csv name is not enough
-SOLVED = 0.95  # exact match at which a run counts as solved (verdicts and samples to solve)
-NOT_SOLVED = math.inf  # the steps and graphs to solve of a run that never solved: past any end of training
-
-
-def task_columns(run_dir: str) -> list[tuple[str, str, str]]:
-    """The report columns of the task in a run's saved ``config.yaml`` (none when it cannot be read)."""
-    import yaml
-
-    from nfl.errors import UserInputError
-    from nfl.tasks.config import task_from_data
-
-    try:
-        with open(os.path.join(run_dir, "config.yaml")) as f:
-            task = task_from_data(yaml.safe_load(f).get("data"))
-    except (OSError, yaml.YAMLError, AttributeError, UserInputError):
-        return []
-    return [(name, tag, HEADERS.get(name, name)) for name, tag in task.report_columns]
-
-
-def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of a TensorBoard run folder: tag -> [(step, value), ...] sorted by step."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, list[tuple[int, float]]] = {}
-    for event_file in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def load_runs(sweep_dir: str) -> list[dict]:
-    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus ``scalars``, ``columns``, ``info`` (its
-    ``run_info.json``, empty for runs written before nfl recorded one) and ``n_test`` (held-out graphs, or None)."""
-    runs = []
-    for marker in sorted(glob.glob(os.path.join(sweep_dir, "*", DONE))):
-        folder = os.path.dirname(marker)
-        with open(marker) as f:
-            run = json.load(f)
-        run["scalars"] = read_scalars(folder)
-        run["columns"] = COLUMNS + task_columns(folder)
-        run["info"] = _read_json(os.path.join(folder, RUN_INFO))
-        run["n_test"] = run["info"].get("n_test_graphs") or _configured_n_test(folder)
-        runs.append(run)
-    return runs
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def _configured_n_test(run_dir: str) -> Optional[int]:
-    """The held-out set size a run's saved ``config.yaml`` asks for (None with a test file: its lines decide)."""
-    import yaml
-
-    try:
-        with open(os.path.join(run_dir, "config.yaml")) as f:
-            data = (yaml.safe_load(f).get("data") or {}).get("init_args") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return None if data.get("test_file") else data.get("n_test")
-
-
-def binomial_se(p: float, n: Optional[int]) -> float:
-    """Standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n`` graphs (NaN without ``n``)."""
-    return math.sqrt(p * (1 - p) / n) if n and p == p else float("nan")
-
-
-def value_at(series: list[tuple[int, float]], step: int) -> float:
-    """A quantity that grows linearly with the step (graphs seen) at ``step``: logged there, or interpolated
-    between the logged steps around it, or scaled from the nearest one (a step ``k`` has seen ``k + 1`` batches)."""
-    if not series:
-        return float("nan")
-    below = [(s, v) for s, v in series if s <= step]
-    above = [(s, v) for s, v in series if s > step]
-    if below and below[-1][0] == step:
-        return below[-1][1]
-    if below and above:
-        (s0, v0), (s1, v1) = below[-1], above[0]
-        return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
-    s0, v0 = below[-1] if below else above[0]
-    return v0 * (step + 1) / (s0 + 1)
-
-
-def samples_to_solve(scalars: dict[str, list[tuple[int, float]]], threshold: float = SOLVED) -> tuple[float, float]:
-    """``(steps, graphs seen)`` when ``val/exact_match`` first reached ``threshold``: optimizer steps trained (the
-    logged step + 1) and ``train/graphs_seen`` there (NaN where it was not logged); ``NOT_SOLVED`` for both when
-    it never did."""
-    for step, value in scalars.get("val/exact_match", []):
-        if value >= threshold:
-            return step + 1, value_at(scalars.get("train/graphs_seen", []), step)
-    return NOT_SOLVED, NOT_SOLVED
+from nfl.report_plots import EXACT_PLOT, plot_exact_match, plot_name, plot_setting
+from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve
+from nfl.run_logs import read_scalars, value_at  # noqa: F401  (re-exported: tests and the README import them from here)
+from nfl.sweep_file import DONE
 
 
 def solve_cell(steps: list[float]) -> str:
@@ -308,82 +200,6 @@ def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str
         f.write("\n".join(lines) + "\n")
 
 
-def plot_name(setting: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", setting) + ".png"
-
-
-def plot_setting(setting: str, members: list[dict], out: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scalars = [r["scalars"] for r in members]
-    positions = sorted(int(t.rsplit("_", 1)[1]) for t in scalars[0] if t.startswith("val/free/pos_"))
-    chance = scalars[0]["val/chance"][-1][1] if "val/chance" in scalars[0] else None
-    exact = statistics.fmean(s["test/exact_match"][-1][1] for s in scalars)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    cmap = plt.get_cmap("viridis")
-    # The right panel: teacher-forced accuracy where the objective has such a pass, else masked diffusion's
-    # one-step denoising accuracy, else nothing (teacherless: its one pass is the left panel).
-    right = next(((kind, label) for kind, label in (("tf/pos", "teacher-forced"), ("mdm/denoise_pos", "one-step denoising"))
-                  if any(t.startswith(f"val/{kind}_") for t in scalars[0])), None)
-    for ax, panel in zip(axes, (("free/pos", "free-running"), right)):
-        if panel is None:
-            ax.text(0.5, 0.5, "no teacher-forced pass", ha="center", va="center", transform=ax.transAxes)
-            ax.set(xlabel="training step", ylim=(-0.02, 1.02))
-            continue
-        kind, label = panel
-        for i, pos in enumerate(positions):
-            series = [dict(s[f"val/{kind}_{pos}"]) for s in scalars if f"val/{kind}_{pos}" in s]
-            if not series:
-                continue
-            steps = sorted(set.intersection(*(set(s) for s in series)))
-            mean = [statistics.fmean(s[step] for s in series) for step in steps]
-            # Later positions are drawn thinner on top, so lines that coincide stay visible.
-            ax.plot(steps, mean, "o-", color=cmap(i / max(1, len(positions) - 1) * 0.9), markersize=3,
-                    linewidth=3.2 - 2.2 * i / max(1, len(positions) - 1), label=f"position {pos}")
-        if chance is not None:
-            ax.axhline(chance, color="gray", linestyle=":", label=f"chance {chance:.2f}")
-        ax.set(xlabel="training step", title=f"{label} accuracy per position", ylim=(-0.02, 1.02))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation accuracy")
-    if right is not None:
-        axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{setting}: test exact match {100 * exact:.1f}% (mean of {len(members)} seeds)")
-    fig.tight_layout()
-    path = os.path.join(out, plot_name(setting))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-EXACT_PLOT = "exact_match.png"
-
-
-def plot_exact_match(groups: dict[str, list[dict]], out: str) -> str:
-    """Validation exact match over training, one line per setting (mean over its seeds, band: min to max)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for setting, members in groups.items():
-        series = [dict(r["scalars"]["val/exact_match"]) for r in members]
-        steps = sorted(set.intersection(*(set(s) for s in series)))
-        values = [[s[step] for s in series] for step in steps]
-        ax.plot(steps, [statistics.fmean(v) for v in values], "o-", markersize=3, label=setting)
-        ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.2)
-    ax.set(xlabel="training step", ylabel="validation exact match", ylim=(-0.02, 1.02),
-           title="exact match over training (mean over seeds; band: min to max)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    path = os.path.join(out, EXACT_PLOT)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

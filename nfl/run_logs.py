@@ -1,0 +1,122 @@
+"""A sweep's finished runs read back: TensorBoard scalars, ``sweep_run.json``, ``run_info.json`` and the held-out
+set size, and what follows from them alone: samples to solve, binomial standard errors, values between logged steps.
+
+:mod:`nfl.report` writes its tables and plots from these, and :mod:`nfl.atlas_rows` measures the atlas's rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from typing import Optional
+
+from nfl.provenance import RUN_INFO
+from nfl.sweep_file import DONE
+
+# (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
+COLUMNS = [
+    ("exact_match", "test/exact_match", "test exact match"),
+    ("decision_acc", "test/decision_acc", "decision acc"),
+    ("tf_decision_acc", "test/tf/decision_acc", "tf decision acc"),
+    ("tf_non_decision_acc", "test/tf/non_decision_acc", "tf off-decision acc"),
+]
+HEADERS = {"tf_pos_ge3": "tf pos>=3"}  # markdown headers of task columns, where the csv name is not enough
+SOLVED = 0.95  # exact match at which a run counts as solved (verdicts and samples to solve)
+NOT_SOLVED = math.inf  # the steps and graphs to solve of a run that never solved: past any end of training
+
+
+def task_columns(run_dir: str) -> list[tuple[str, str, str]]:
+    """The report columns of the task in a run's saved ``config.yaml`` (none when it cannot be read)."""
+    import yaml
+
+    from nfl.errors import UserInputError
+    from nfl.tasks.config import task_from_data
+
+    try:
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            task = task_from_data(yaml.safe_load(f).get("data"))
+    except (OSError, yaml.YAMLError, AttributeError, UserInputError):
+        return []
+    return [(name, tag, HEADERS.get(name, name)) for name, tag in task.report_columns]
+
+
+def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of a TensorBoard run folder: tag -> [(step, value), ...] sorted by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for event_file in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+        acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def load_runs(sweep_dir: str) -> list[dict]:
+    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus ``scalars``, ``columns``, ``info`` (its
+    ``run_info.json``, empty for runs written before nfl recorded one) and ``n_test`` (held-out graphs, or None)."""
+    runs = []
+    for marker in sorted(glob.glob(os.path.join(sweep_dir, "*", DONE))):
+        folder = os.path.dirname(marker)
+        with open(marker) as f:
+            run = json.load(f)
+        run["scalars"] = read_scalars(folder)
+        run["columns"] = COLUMNS + task_columns(folder)
+        run["info"] = _read_json(os.path.join(folder, RUN_INFO))
+        run["n_test"] = run["info"].get("n_test_graphs") or _configured_n_test(folder)
+        runs.append(run)
+    return runs
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _configured_n_test(run_dir: str) -> Optional[int]:
+    """The held-out set size a run's saved ``config.yaml`` asks for (None with a test file: its lines decide)."""
+    import yaml
+
+    try:
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            data = (yaml.safe_load(f).get("data") or {}).get("init_args") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return None if data.get("test_file") else data.get("n_test")
+
+
+def binomial_se(p: float, n: Optional[int]) -> float:
+    """Standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n`` graphs (NaN without ``n``)."""
+    return math.sqrt(p * (1 - p) / n) if n and p == p else float("nan")
+
+
+def value_at(series: list[tuple[int, float]], step: int) -> float:
+    """A quantity that grows linearly with the step (graphs seen) at ``step``: logged there, or interpolated
+    between the logged steps around it, or scaled from the nearest one (a step ``k`` has seen ``k + 1`` batches)."""
+    if not series:
+        return float("nan")
+    below = [(s, v) for s, v in series if s <= step]
+    above = [(s, v) for s, v in series if s > step]
+    if below and below[-1][0] == step:
+        return below[-1][1]
+    if below and above:
+        (s0, v0), (s1, v1) = below[-1], above[0]
+        return v0 + (v1 - v0) * (step - s0) / (s1 - s0)
+    s0, v0 = below[-1] if below else above[0]
+    return v0 * (step + 1) / (s0 + 1)
+
+
+def samples_to_solve(scalars: dict[str, list[tuple[int, float]]], threshold: float = SOLVED) -> tuple[float, float]:
+    """``(steps, graphs seen)`` when ``val/exact_match`` first reached ``threshold``: optimizer steps trained (the
+    logged step + 1) and ``train/graphs_seen`` there (NaN where it was not logged); ``NOT_SOLVED`` for both when
+    it never did."""
+    for step, value in scalars.get("val/exact_match", []):
+        if value >= threshold:
+            return step + 1, value_at(scalars.get("train/graphs_seen", []), step)
+    return NOT_SOLVED, NOT_SOLVED

@@ -1,0 +1,162 @@
+"""A sweep file: its runs (every grid combination x seed, less ``exclude``), each run's folder and ``python -m nfl
+fit`` command, and the shard of them one process runs (``--shard I/N`` or a SLURM job array task).
+
+The file's format is in :mod:`nfl.sweep`'s docstring (``python -m nfl.sweep --help``); that module runs the runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from nfl.errors import UserInputError
+
+DONE = "sweep_run.json"
+
+
+@dataclass
+class Run:
+    """One combination of settings and seed."""
+
+    name: str  # e.g. "objective=reverse,seed=1": the run's folder name
+    settings: dict[str, str]  # axis -> setting name
+    seed: int
+    overrides: list[str]  # CLI arguments for the settings
+
+
+def _cli_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else yaml.safe_dump(value).strip().removesuffix("\n...")
+
+
+def load_sweep(path: str) -> tuple[dict[str, Any], list[Run]]:
+    """Parse and check a sweep file; returns its spec and the expanded list of runs."""
+    try:
+        with open(path) as f:
+            spec = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as err:
+        raise UserInputError(f"Cannot read sweep file {path!r}: {err}") from None
+    if not isinstance(spec, dict) or not {"name", "base", "grid"} <= set(spec):
+        raise UserInputError(f"{path}: a sweep file needs 'name', 'base' and 'grid' (see python -m nfl.sweep --help).")
+    unknown = set(spec) - {"name", "base", "grid", "seeds", "args", "exclude"}
+    if unknown:
+        raise UserInputError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, base, seeds, args, grid, exclude.")
+    spec["base"] = _find_base(spec["base"], path)
+    grid = spec["grid"]
+    if not isinstance(grid, dict) or not all(isinstance(v, dict) and v for v in grid.values()):
+        raise UserInputError(f"{path}: 'grid' maps each axis name to named settings, each a mapping of CLI keys.")
+    runs = []
+    axes = list(grid)
+    for combo in itertools.product(*(list(grid[a].items()) for a in axes)):
+        for seed in spec.get("seeds", [0]):
+            settings = {axis: name for axis, (name, _) in zip(axes, combo)}
+            overrides = [f"--{k}={_cli_value(v)}" for _, values in combo for k, v in (values or {}).items()]
+            name = ",".join([f"{a}={n}" for a, n in settings.items()] + [f"seed={seed}"])
+            runs.append(Run(name, settings, int(seed), overrides))
+    excluded = _exclusions(spec.get("exclude") or [], grid, path)
+    return spec, [r for r in runs if not any(_matches(r, rule) for rule in excluded)]
+
+
+def _exclusions(rules: Any, grid: dict[str, Any], path: str) -> list[dict[str, set[str]]]:
+    """``exclude``: a list of mappings ``{axis: setting or [settings], seed: n or [n]}``; a run matching every
+    key of one mapping is left out (e.g. an objective a backbone cannot run)."""
+    if not isinstance(rules, list) or not all(isinstance(r, dict) and r for r in rules):
+        raise UserInputError(f"{path}: 'exclude' is a list of mappings such as {{backbone: mamba, objective: registers}}.")
+    out = []
+    for rule in rules:
+        checked = {}
+        for axis, names in rule.items():
+            names = names if isinstance(names, list) else [names]
+            if axis != "seed":
+                if axis not in grid:
+                    raise UserInputError(f"{path}: exclude names axis {axis!r}; the grid's axes are {sorted(grid)} (and seed).")
+                missing = [n for n in names if n not in grid[axis]]
+                if missing:
+                    raise UserInputError(f"{path}: exclude names {axis}={missing[0]}, which is not a setting of {axis} ({', '.join(grid[axis])}).")
+            checked[axis] = {str(n) for n in names}
+        out.append(checked)
+    return out
+
+
+def _matches(run: Run, rule: dict[str, set[str]]) -> bool:
+    return all((str(run.seed) if axis == "seed" else run.settings[axis]) in names for axis, names in rule.items())
+
+
+def _find_base(base: str, sweep_path: str) -> str:
+    """The base config: as given (relative to the working directory), or relative to the sweep file's folder or
+    one of its parents (so ``configs/quickstart.yaml`` works from anywhere for a sweep inside the repository)."""
+    if os.path.isfile(base):
+        return base
+    folder = os.path.dirname(os.path.abspath(sweep_path))
+    while True:
+        candidate = os.path.join(folder, base)
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            raise UserInputError(f"{sweep_path}: base config {base!r} not found from the working directory or the sweep file's folders.")
+        folder = parent
+
+
+def run_dir(logs: str, sweep_name: str, run: Run) -> str:
+    return os.path.join(logs, sweep_name, run.name)
+
+
+
+def command(spec: dict[str, Any], run: Run, logs: str, ckpt_path: Optional[str] = None) -> list[str]:
+    """The ``python -m nfl fit`` command of one run, resuming from ``ckpt_path`` if given."""
+    cmd = [sys.executable, "-m", "nfl", "fit", "--config", spec["base"], *spec.get("args", []), *run.overrides]
+    cmd += [
+        f"--seed_everything={run.seed}",
+        f"--data.init_args.seed={run.seed}",
+        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.save_dir={logs}",
+        f"--trainer.logger.name={spec['name']}",
+        f"--trainer.logger.version={run.name}",
+        "--trainer.logger.default_hp_metric=false",
+        "--test_after_fit=true",
+    ]
+    if ckpt_path is not None:
+        cmd += ["--ckpt_path", ckpt_path]
+    return cmd
+
+
+def shard_of(arg: Optional[str], environ: Mapping[str, str]) -> Optional[tuple[int, int]]:
+    """The shard ``(I, N)`` to run: ``--shard I/N`` if given, else the SLURM job array's task, else None (all runs).
+
+    A SLURM array task is shard ``(SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP + 1`` of
+    ``SLURM_ARRAY_TASK_COUNT`` (the step is 1 when unset), so ``--array=0-3`` and ``--array=1-7:2`` both make
+    shards 1..4.
+    """
+    if arg is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", arg)
+        if not match:
+            raise UserInputError(f"--shard {arg!r}: give I/N, shard I of N counted from 1, e.g. --shard 2/4.")
+        i, n = int(match.group(1)), int(match.group(2))
+        if n < 1 or not 1 <= i <= n:
+            counts = f"1 to N={n}" if n >= 1 else "1 to N, and N is at least 1"
+            raise UserInputError(f"--shard {arg}: I counts from {counts}, e.g. --shard 1/{max(n, 1)}.")
+        return i, n
+    if environ.get("SLURM_ARRAY_TASK_ID") is None:
+        return None
+    try:
+        task, first = int(environ["SLURM_ARRAY_TASK_ID"]), int(environ["SLURM_ARRAY_TASK_MIN"])
+        count, step = int(environ["SLURM_ARRAY_TASK_COUNT"]), int(environ.get("SLURM_ARRAY_TASK_STEP") or 1)
+    except (KeyError, ValueError):
+        names = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_STEP")
+        shown = ", ".join(f"{k}={environ.get(k)!r}" for k in names)
+        raise UserInputError(f"a SLURM job array without whole-number task variables ({shown}); give --shard I/N.") \
+            from None
+    offset, rest = divmod(task - first, step) if step > 0 else (-1, 0)
+    if rest or not 0 <= offset < count:
+        raise UserInputError(
+            f"SLURM array task {task} (min {first}, step {step}, count {count}) is not one of shards 1..{count}; "
+            f"submit the array as one range (e.g. --array=0-{count - 1}) or give --shard I/N."
+        )
+    return offset + 1, count
