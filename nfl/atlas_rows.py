@@ -20,7 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from nfl.atlas_file import settings_name, sweep_runs, target_of
-from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, value_at
+from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, solve_cell, value_at
 
 COMPARABLE = 0.5  # nfl's budget counts as comparable to a published run's from this fraction of its graphs seen
 VERDICTS = ("reproduced", "not reproduced at this budget", "contradicted", "not run here", "no published number")
@@ -116,16 +116,6 @@ def _run_graphs(run: dict, folder: str) -> tuple[float, float, bool]:
     return total, steps * per_step if steps != NOT_SOLVED else NOT_SOLVED, True
 
 
-def _solve_text(graphs: list[float]) -> str:
-    """The median over seeds of the graphs seen when validation exact match first reached the bar, or
-    ``not solved (k of n solved)`` when the median lies past the end of training."""
-    solved, n = sum(g != NOT_SOLVED for g in graphs), len(graphs)
-    median = statistics.median(graphs)
-    if median == NOT_SOLVED:
-        return f"not solved ({solved} of {n} solved)"
-    return f"{median:,.0f}" + (f" ({solved} of {n} solved)" if solved < n else "")
-
-
 def _last(scalars: dict, tag: str) -> Optional[float]:
     return scalars[tag][-1][1] if scalars.get(tag) else None
 
@@ -153,7 +143,7 @@ def measure(row: Row) -> Row:
             budgets = [_run_graphs(r, source["logs"]) for r in runs]
             row.graphs_seen = statistics.median(b for b, _, _ in budgets)
             row.graphs_derived = any(d for _, _, d in budgets)
-            row.solve = _solve_text([g for _, g, _ in budgets])
+            row.solve = solve_cell([g for _, g, _ in budgets])
             row.runs = sorted(r["run"] for r in runs)
     elif source.get("csv") and os.path.isfile(source["csv"]):
         with open(source["csv"], newline="") as f:

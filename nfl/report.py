@@ -31,18 +31,9 @@ from typing import Optional, Sequence
 
 from nfl.errors import UserInputError
 from nfl.report_plots import EXACT_PLOT, plot_exact_match, plot_name, plot_setting
-from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve
+from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, solve_cell
 from nfl.run_logs import read_scalars, value_at  # noqa: F401  (re-exported: tests and the README import them from here)
 from nfl.sweep_file import DONE
-
-
-def solve_cell(steps: list[float]) -> str:
-    """The median over seeds of the steps to solve, or ``not solved (k of n solved)`` when it is past the end."""
-    solved, n = sum(s != NOT_SOLVED for s in steps), len(steps)
-    median = statistics.median(steps)
-    if median == NOT_SOLVED:
-        return f"not solved ({solved} of {n} solved)"
-    return f"{median:,.0f}" + (f" ({solved} of {n} solved)" if solved < n else "")
 
 
 def _count(value: float) -> str:

@@ -10,6 +10,7 @@ import glob
 import json
 import math
 import os
+import statistics
 from typing import Optional
 
 from nfl.provenance import RUN_INFO
@@ -120,3 +121,13 @@ def samples_to_solve(scalars: dict[str, list[tuple[int, float]]], threshold: flo
         if value >= threshold:
             return step + 1, value_at(scalars.get("train/graphs_seen", []), step)
     return NOT_SOLVED, NOT_SOLVED
+
+
+def solve_cell(values: list[float]) -> str:
+    """The median over seeds of the steps (or graphs seen) until solved, or ``not solved (k of n solved)`` when
+    the median lies past the end of training."""
+    solved, n = sum(v != NOT_SOLVED for v in values), len(values)
+    median = statistics.median(values)
+    if median == NOT_SOLVED:
+        return f"not solved ({solved} of {n} solved)"
+    return f"{median:,.0f}" + (f" ({solved} of {n} solved)" if solved < n else "")
