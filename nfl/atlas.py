@@ -94,11 +94,11 @@ def claim_page(claim: dict, rows: list[Row], command: str) -> str:
         source = row.source
         where = source.get("logs") or source.get("csv")
         if row.measured:
-            lines.append(f"- {row.setting}, {row.label or source['runs']}: `{source['sweep']}`, runs "
+            lines.append(f"- {row.setting} on {row.graph}, {row.label or source['runs']}: `{source['sweep']}`, runs "
                          f"`{source['runs']},seed=*` in `{where}` ({', '.join(row.runs)}).")
         else:
             missing = f" (no finished runs in `{where}` yet)" if where else ""
-            lines.append(f"- {row.setting}, {row.label or source['runs']}: not run here{missing}; "
+            lines.append(f"- {row.setting} on {row.graph}, {row.label or source['runs']}: not run here{missing}; "
                          f"`python -m nfl.sweep --config {source['sweep']} --only '{source['runs']},'`.")
         if row.note:
             lines.append(f"  {row.note}")

@@ -1,5 +1,6 @@
-"""The atlas file (``configs/atlas.yaml``): its claims, settings, published numbers and nfl sources, loaded and
-checked, every mistake one line naming the entry and what to change.
+"""The atlas file (``configs/atlas.yaml``) loaded and checked: claims, settings, published numbers, nfl sources.
+
+Every mistake is one line naming the entry and what to change.
 
 The atlas file lists claims; each claim lists settings (a graph, a model, an objective), each with the published
 number and its source, and one or more nfl sources: the sweep file whose runs measure that setting and the

@@ -1,5 +1,6 @@
-"""An atlas row: a setting as one nfl source measured it (or would), beside the published number, and its verdict
-by the rule in :data:`RULE`, which every page prints.
+"""An atlas row: a setting as one nfl source measured it (or would), the published number, and its verdict.
+
+The verdict follows the rule in :data:`RULE`, which every page prints.
 
 A source without finished runs is "not run here", and its row gives the command that would produce it.
 
@@ -20,7 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from nfl.atlas_file import settings_name, sweep_runs, target_of
-from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, solve_cell, value_at
+from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, solve_cell, solve_text, value_at
 
 COMPARABLE = 0.5  # nfl's budget counts as comparable to a published run's from this fraction of its graphs seen
 VERDICTS = ("reproduced", "not reproduced at this budget", "contradicted", "not run here", "no published number")
@@ -155,8 +156,7 @@ def measure(row: Row) -> Row:
             row.decision, row.tf_pos_ge3 = number("decision_acc_mean"), number("tf_pos_ge3_mean")
             if r.get("graphs_to_solve_median") not in (None, ""):
                 median, solved = float(r["graphs_to_solve_median"]), int(r.get("solved_runs") or 0)
-                row.solve = (f"not solved ({solved} of {row.seeds} solved)" if median == NOT_SOLVED else
-                             f"{median:,.0f}" + (f" ({solved} of {row.seeds} solved)" if solved < row.seeds else ""))
+                row.solve = solve_text(median, solved, row.seeds)
             else:
                 row.solve = "– (not in the csv)"
             row.runs = [f"{source['csv']}: {source['runs']} ({row.seeds} seeds)"]

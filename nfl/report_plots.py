@@ -1,5 +1,7 @@
-"""The report's plots: a setting's validation accuracy per position over training (free-running beside
-teacher-forced, or masked diffusion's one-step denoising), and every setting's validation exact match over training."""
+"""The report's plots: per-position validation accuracy of a setting, and every setting's exact match, over training.
+
+Per position, free-running beside teacher-forced (or masked diffusion's one-step denoising).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""A sweep's finished runs read back: TensorBoard scalars, ``sweep_run.json``, ``run_info.json`` and the held-out
-set size, and what follows from them alone: samples to solve, binomial standard errors, values between logged steps.
+"""A sweep's finished runs read back from their folders, and what follows from the logs alone.
+
+Read: TensorBoard scalars, ``sweep_run.json``, ``run_info.json`` and the held-out set size. Derived: samples to
+solve, binomial standard errors, values between logged steps.
 
 :mod:`nfl.report` writes its tables and plots from these, and :mod:`nfl.atlas_rows` measures the atlas's rows.
 """
@@ -123,11 +125,14 @@ def samples_to_solve(scalars: dict[str, list[tuple[int, float]]], threshold: flo
     return NOT_SOLVED, NOT_SOLVED
 
 
-def solve_cell(values: list[float]) -> str:
-    """The median over seeds of the steps (or graphs seen) until solved, or ``not solved (k of n solved)`` when
-    the median lies past the end of training."""
-    solved, n = sum(v != NOT_SOLVED for v in values), len(values)
-    median = statistics.median(values)
+def solve_text(median: float, solved: int, n: int) -> str:
+    """A 'solved at' cell from the median over ``n`` seeds and how many of them solved: the median, or ``not solved
+    (k of n solved)`` when it lies past the end of training."""
     if median == NOT_SOLVED:
         return f"not solved ({solved} of {n} solved)"
     return f"{median:,.0f}" + (f" ({solved} of {n} solved)" if solved < n else "")
+
+
+def solve_cell(values: list[float]) -> str:
+    """The 'solved at' cell of the steps (or graphs seen) until solved, one value per seed."""
+    return solve_text(statistics.median(values), sum(v != NOT_SOLVED for v in values), len(values))

@@ -1,5 +1,7 @@
-"""A sweep file: its runs (every grid combination x seed, less ``exclude``), each run's folder and ``python -m nfl
-fit`` command, and the shard of them one process runs (``--shard I/N`` or a SLURM job array task).
+"""A sweep file's runs: the grid's combinations x seeds less ``exclude``, their folders, commands and shards.
+
+Each run is every grid combination x seed, less ``exclude``; it has its folder and its ``python -m nfl fit``
+command, and a process runs one shard of them (``--shard I/N`` or a SLURM job array task).
 
 The file's format is in :mod:`nfl.sweep`'s docstring (``python -m nfl.sweep --help``); that module runs the runs.
 """

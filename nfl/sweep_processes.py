@@ -1,5 +1,8 @@
-"""A sweep's training processes: the GPUs, CPU threads and DDP port each concurrent run gets, and SIGINT/SIGTERM
-forwarded to them, and waited out, while they run."""
+"""A sweep's training processes: each run's GPUs, CPU threads and DDP port, and the signals forwarded to them.
+
+The first SIGINT/SIGTERM is forwarded once to every running child, which saves its last.ckpt and exits; the sweep
+waits for them (up to a timeout) before it stops.
+"""
 
 from __future__ import annotations
 
@@ -74,14 +77,6 @@ class Signals:
         if self.received is not None:  # arrived between the sweep's last check and the child's start
             child.send_signal(self.received)
         return child
-
-
-def run_child(cmd: list[str], log_path: str, signals: Signals, save_timeout: float = 300.0) -> int:
-    """Run one training process and return its exit code; after a signal, wait up to ``save_timeout`` seconds
-    for it to save ``last.ckpt`` and exit, then kill it."""
-    with open(log_path, "a") as out:
-        child = signals.start(cmd, out)
-        return wait_for([child], signals, save_timeout)[child]
 
 
 def wait_for(children: list[subprocess.Popen], signals: Signals, save_timeout: float, until_all: bool = True) -> dict:

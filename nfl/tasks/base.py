@@ -97,7 +97,7 @@ class GraphTask:
         """The task's own metric beside the generic ones (see :mod:`nfl.metrics`), or None."""
         return None
 
-    report_columns: tuple[tuple[str, str], ...] = ()  # (column, test tag) this task adds to nfl.report
+    report_columns: tuple[tuple[str, str], ...] = ()  # (column, test tag) this task adds to the sweep report
 
     # --- token ids ----------------------------------------------------------------------------------
     @property
