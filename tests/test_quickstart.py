@@ -1,4 +1,4 @@
-"""The README's quickstart claims, re-measured (slow: about 20 minutes on 2 cores; `pytest -m slow`)."""
+"""The README's quickstart and Mamba claims, re-measured (slow: about 25 minutes on 2 cores; `pytest -m slow`)."""
 
 from __future__ import annotations
 
