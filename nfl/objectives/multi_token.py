@@ -180,9 +180,14 @@ class MultiTokenHeads(Objective):
 
 
 class HeadAccuracy(Metric):
-    """Teacher-forced accuracy of each head on its answer tokens: ``mtp/head_{j}_acc`` for j = 1..k."""
+    """Teacher-forced accuracy of each head on its answer tokens: ``mtp/head_{j}_acc`` for j = 1..k.
+
+    Subclasses for other per-head predictions set ``preds`` (the output's (B, k, l) field, -1 where a head
+    predicts nothing) and ``tag`` (formatted with the 1-based head number).
+    """
 
     full_state_update = False
+    preds, tag = "head_preds", "mtp/head_{}_acc"
 
     def __init__(self, k: int) -> None:
         super().__init__()
@@ -190,12 +195,12 @@ class HeadAccuracy(Metric):
         self.add_state("correct", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, output: MultiTokenOutput, target: torch.Tensor) -> None:
-        preds = output.head_preds  # (B, k, l)
+    def update(self, output: ObjectiveOutput, target: torch.Tensor) -> None:
+        preds = getattr(output, self.preds)  # (B, k, l)
         valid = (preds >= 0) & (target[:, None] >= 0)  # a prediction, of a scored answer token
         self.correct += ((preds == target[:, None]) & valid).sum(dim=(0, 2))
         self.count += valid.sum(dim=(0, 2))
 
     def compute(self) -> dict[str, torch.Tensor]:
         acc = (self.correct / self.count.clamp(min=1)).float()
-        return {f"mtp/head_{j + 1}_acc": acc[j] for j in range(self.k)}
+        return {self.tag.format(j + 1): acc[j] for j in range(self.k)}

@@ -45,6 +45,7 @@ from nfl.errors import OptionError, UserInputError, at_least, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, ObjectiveOutput, target_cross_entropy
 from nfl.objectives.block import CausalBlock
+from nfl.objectives.multi_token import HeadAccuracy
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.tasks.base import IGNORE_INDEX, GraphTask
 
@@ -153,23 +154,7 @@ class SequentialMultiToken(TeacherForcing):
         return ModuleAccuracy(self.depth)
 
 
-class ModuleAccuracy(Metric):
+class ModuleAccuracy(HeadAccuracy):
     """Teacher-forced accuracy of each module on its answer tokens: ``seq_mtp/module_{k}_acc`` for k = 1..depth."""
 
-    full_state_update = False
-
-    def __init__(self, depth: int) -> None:
-        super().__init__()
-        self.depth = depth
-        self.add_state("correct", torch.zeros(depth, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(depth, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, output: SequentialOutput, target: torch.Tensor) -> None:
-        preds = output.module_preds  # (B, depth, l)
-        valid = (preds >= 0) & (target[:, None] >= 0)  # a prediction, of a scored answer token
-        self.correct += ((preds == target[:, None]) & valid).sum(dim=(0, 2))
-        self.count += valid.sum(dim=(0, 2))
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        acc = (self.correct / self.count.clamp(min=1)).float()
-        return {f"seq_mtp/module_{k + 1}_acc": acc[k] for k in range(self.depth)}
+    preds, tag = "module_preds", "seq_mtp/module_{}_acc"
