@@ -1,6 +1,7 @@
 """Learning-rate schedule counted in optimizer steps: linear warmup, then cosine decay to a floor.
 
-The reference code counted its horizon in samples, so its cosine never decayed; here every
+The reference code counted its horizon in samples, so its cosine never decayed (``lr_schedule: constant`` of
+the system runs that: warmup, then flat); here every
 quantity is an optimizer step, the unit of ``trainer.global_step``.
 """
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
@@ -62,6 +62,8 @@ class GraphSystem(pl.LightningModule):
         decay_steps: optimizer step where the cosine reaches ``min_lr_ratio * lr``; default
             ``trainer.max_steps`` (no decay when that is unset).
         min_lr_ratio: floor of the cosine, as a fraction of ``lr``.
+        lr_schedule: ``cosine`` (linear warmup, then the cosine above) or ``constant`` (linear warmup, then
+            ``lr`` flat to the end: what the reference code runs, whose cosine horizon is counted in samples).
         compile: run training steps through ``torch.compile`` of the backbone (evaluation, whose cached decoding
             changes shapes every step, stays eager). Worth it on GPUs; compiling takes a while on CPU.
     """
@@ -79,6 +81,7 @@ class GraphSystem(pl.LightningModule):
         decay_steps: Optional[int] = None,
         min_lr_ratio: float = 0.1,
         compile: bool = False,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
         super().__init__()
         me = type(self)
@@ -94,6 +97,12 @@ class GraphSystem(pl.LightningModule):
             "reach min_lr_ratio * lr, or null for trainer.max_steps",
         )
         in_range(me, "min_lr_ratio", min_lr_ratio, 0.0, 1.0, advice="the floor of the cosine, as a fraction of lr")
+        require(lr_schedule in ("cosine", "constant"), me, "lr_schedule", lr_schedule, "use cosine or constant")
+        require(
+            lr_schedule == "cosine" or decay_steps is None, me, "decay_steps", decay_steps,
+            "is the end of the cosine; lr_schedule: constant keeps lr flat after warmup, so leave decay_steps unset "
+            "(null) or use lr_schedule: cosine",
+        )
         with warnings.catch_warnings():
             # Saved on purpose: load_from_checkpoint rebuilds the injected objective from its hyperparameters.
             warnings.filterwarnings("ignore", message=r"Attribute 'objective' is an instance of `nn.Module`")
@@ -259,7 +268,10 @@ class GraphSystem(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         h = self.hparams
         optimizer = self.make_optimizer(mixed_precision="mixed" in str(self.trainer.precision))
-        decay_steps = h.decay_steps if h.decay_steps is not None else max(self.trainer.max_steps, 0)
+        if h.get("lr_schedule", "cosine") == "constant":  # checkpoints from before the option are cosine
+            decay_steps = h.warmup_steps  # warmup, then flat
+        else:
+            decay_steps = h.decay_steps if h.decay_steps is not None else max(self.trainer.max_steps, 0)
         if decay_steps <= 0 and h.warmup_steps == 0:
             return optimizer
         if h.decay_steps is None and 0 < decay_steps < h.warmup_steps:

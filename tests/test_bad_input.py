@@ -47,6 +47,8 @@ BAD_VALUES = [
     (["--model.warmup_steps=-3"], "model.warmup_steps=-3"),
     (["--model.warmup_steps=5", "--model.decay_steps=2"], "model.decay_steps=2"),
     (["--model.min_lr_ratio=2"], "model.min_lr_ratio=2.0"),
+    (["--model.lr_schedule=constant", "--model.decay_steps=20"], "model.decay_steps=20"),
+    (["--model.backbone.init_args.pos_init_std=0"], "model.backbone.init_args.pos_init_std=0.0"),
     (["--model.min_lr_ratio=-0.5"], "model.min_lr_ratio=-0.5"),
     (["--model.backbone.init_args.n_head=3"], "model.backbone.init_args.n_head=3"),  # d_model is 32
     (["--model.backbone.init_args.n_head=0"], "model.backbone.init_args.n_head=0"),

@@ -139,6 +139,7 @@ def test_a_misspelt_option_or_class_is_one_error_line(run_cli, tiny_config, caps
         (["--model.lrr=0.1"], ["--model.lrr"]),
         (["--data.init_args.batch_size=abc"], ["data.batch_size", "int"]),
         (["--model.objective=nfl.objectives.Nope"], ["model.objective", "Nope"]),
+        (["--model.lr_schedule=linear"], ["model.lr_schedule", "cosine", "constant"]),
     ):
         with pytest.raises(SystemExit) as done:
             run_cli("fit", "--config", str(tiny_config), *args)

@@ -31,6 +31,17 @@ def test_position_embedding_starts_small():
     assert big.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+def test_pos_init_std_scales_the_position_draws_and_leaves_every_other_weight_alone():
+    def built(**kwargs) -> dict[str, torch.Tensor]:
+        torch.manual_seed(3)
+        return GPT(vocab_size=54, max_seq_len=512, n_layer=2, d_model=256, n_head=4, **kwargs).state_dict()
+
+    default, wide = built(), built(pos_init_std=1.0)
+    assert wide["pos_emb.weight"].std().item() == pytest.approx(1.0, rel=0.05)  # the reference code's N(0, 1)
+    torch.testing.assert_close(wide["pos_emb.weight"], 50 * default["pos_emb.weight"])
+    assert all(torch.equal(default[k], wide[k]) for k in default if k != "pos_emb.weight")
+
+
 def test_causality(gpt):
     idx = torch.randint(0, 54, (2, 20))
     changed = idx.clone()

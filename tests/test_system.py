@@ -104,6 +104,13 @@ def test_logged_learning_rate_follows_the_schedule(run_cli, tiny_config, tmp_pat
     assert lrs[-1][1] < 0.3e-3  # it really decays within max_steps
 
 
+def test_constant_schedule_warms_up_then_stays_flat(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--model.warmup_steps", "3", "--model.lr_schedule", "constant")
+    lrs = read_scalars(version_dir(tmp_path))["train/lr"]
+    assert [round(lr / 1e-3, 6) for _, lr in lrs] == [min(1.0, round((step + 1) / 3, 6)) for step, _ in lrs]
+    assert lrs[-1][0] == 11  # logged to the last step, where the cosine would be at its floor
+
+
 def test_bf16_mixed_precision_keeps_metrics_in_full_precision(run_cli, tiny_config, tmp_path):
     cli = run_cli("fit", "--config", str(tiny_config), "--trainer.precision", "bf16-mixed", "--trainer.max_steps", "8")
     bf16_loss = cli.trainer.callback_metrics["val/loss"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nfl.errors import at_least, in_range, require
+from nfl.errors import above, at_least, in_range, require
 from nfl.models.base import Backbone
 
 
@@ -127,6 +127,8 @@ class GPT(Backbone):
         n_head: attention heads (must divide ``d_model``).
         dropout: dropout on attention weights, MLP output and embeddings.
         bias: biases in linear layers and LayerNorms.
+        pos_init_std: standard deviation of the position embeddings at initialisation (GPT-2 and nanoGPT: 0.02;
+            the reference code of Bachmann & Nagarajan leaves PyTorch's N(0, 1)).
     """
 
     attention_modes = ("causal", "bidirectional")
@@ -142,6 +144,7 @@ class GPT(Backbone):
         n_head: int = 6,
         dropout: float = 0.0,
         bias: bool = True,
+        pos_init_std: float = 0.02,
     ) -> None:
         super().__init__()
         me = type(self)
@@ -155,6 +158,8 @@ class GPT(Backbone):
             "change d_model",
         )
         in_range(me, "dropout", dropout, 0.0, 1.0, high_open=True)
+        above(me, "pos_init_std", pos_init_std, 0.0, "the position embeddings' initial scale, e.g. 0.02 (or 1.0 as "
+              "the reference code)")
         self.vocab_size, self.max_seq_len, self.d_model = vocab_size, max_seq_len, d_model
         self.n_layer, self.n_head = n_layer, n_head
         self.tok_emb = nn.Embedding(vocab_size, d_model)
@@ -162,7 +167,10 @@ class GPT(Backbone):
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d_model, n_head, dropout, bias) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model, bias=bias)
-        self.apply(self._init_weights)
+        # The position embeddings take the same draws at their own scale, so every other weight is the same
+        # whatever pos_init_std is (and all are as before the option at its default).
+        self.apply(lambda m: nn.init.normal_(m.weight, 0.0, pos_init_std) if m is self.pos_emb
+                   else self._init_weights(m))
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
