@@ -30,7 +30,8 @@ CONFIG_PREFIXES: tuple[tuple[type, str], ...] = (
 )
 
 OPTIMISER_OPTIONS = (
-    "model.lr, model.weight_decay, model.betas, model.warmup_steps, model.decay_steps, model.min_lr_ratio"
+    "model.lr, model.weight_decay, model.betas, model.warmup_steps, model.lr_schedule, model.decay_steps, "
+    "model.min_lr_ratio"
 )
 
 
