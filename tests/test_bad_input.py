@@ -69,6 +69,8 @@ BAD_VALUES = [
      "model.objective.init_args.horizon=0"),
     (["--model.objective=nfl.objectives.MaskedDiffusion", "--model.objective.init_args.steps=0"],
      "model.objective.init_args.steps=0"),
+    (["--model.objective=nfl.objectives.MaskedDiffusion", "--model.objective.init_args.noise=-0.5"],
+     "model.objective.init_args.noise=-0.5"),
     ([*MAMBA, "--model.objective=nfl.objectives.MaskedDiffusion"], "MaskedDiffusion needs bidirectional attention"),
     ([*MTP, "--model.objective.init_args.head_weights=[1]"], "model.objective.init_args.head_weights=[1.0]"),
     ([*MTP, "--model.objective.init_args.head_weights=[-1,1]"], "model.objective.init_args.head_weights[0]=-1.0"),

@@ -15,22 +15,52 @@ at the masked positions only, weighted and averaged over the batch's masked toke
   cross-entropy ``ℓ`` becomes ``alpha * (1 - exp(-ℓ)) ** gamma * ℓ``, a focal loss (default on, with Ye et al.'s
   path-finding values ``alpha = 0.25``, ``gamma = 1``).
 
-Unlike Ye et al.'s code, which reads a causal LM's shifted outputs, position ``i``'s output predicts position
-``i`` itself (the usual MDLM layout). Where answers vary in length, the padding after the end token is part of
-the answer the model denoises (so the length is decided by the model), and it is never masked in the prefix.
+Readout. By default position ``i``'s output predicts position ``i`` itself (the usual MDLM layout). With
+``shift`` it is read as Ye et al.'s code reads a causal LM turned bidirectional: the output at the input position
+just before answer position ``i`` predicts it, so the ``=`` ending the prefix predicts answer token 1 and answer
+position ``i - 1`` predicts token ``i``; the last answer position is still read as input but its output is not
+used. The training loss, the one-pass tags and decoding all use the same readout. Where answers vary in length,
+the padding after the end token is part of the answer the model denoises (so the length is decided by the model),
+and it is never masked in the prefix.
 
 Decoding (Ye et al.'s top-k, easy first). From a fully masked answer, ``steps`` passes (default the answer
 width, one token a pass): after pass ``s`` the ``ceil(l * s / steps)`` most confident positions are unmasked,
-confidence being the highest token probability. A pass that would unmask nothing is skipped, so decoding fills
-every position in at most ``steps`` passes. With ``remask`` (as Ye et al.'s decoding), already unmasked tokens
-compete again at every pass: the positions kept are the most confident by the current pass (an unmasked token
-scored by its own probability), and the others are masked again.
+confidence being the highest log-probability of a token other than the mask. A pass that would unmask nothing
+is skipped, so decoding fills every position in at most ``steps`` passes. With ``remask``, already unmasked
+tokens compete again at every pass: the positions kept are the most confident by the current pass (an unmasked
+token scored by its own probability), and the others are masked again. ``repredict`` (with ``remask``) is Ye et
+al.'s exact rule: every answer position, masked or not, takes this pass's most probable token and is scored by
+it, and every one of the ``steps`` passes runs (a pass that unmasks nothing more can still change tokens).
+
+``noise`` is Ye et al.'s ``stochastic<noise>`` top-k: the confidences are ranked after adding Gumbel noise
+``-log(-log(u + 1e-8) + 1e-8)`` (``u`` uniform) scaled by ``noise * (steps - s) / steps`` at pass ``s`` (their
+``noise_scale * t / T`` with ``t = T - s``): ``noise * (steps - 1) / steps`` at the first pass, falling linearly
+to 0 at the last, which keeps every position anyway. Without ``remask`` only the still masked positions compete.
+The noise comes from a generator seeded with ``noise_seed`` at every decoding call, so decoding a batch is
+reproducible, and the global random state that training draws from is left alone.
+
+``shift: true, remask: true, repredict: true, steps: 20, noise: 0.5`` is the decoding of Ye et al.'s path-finding
+script (``--diffusion_steps 20 --topk_decoding True --decoding_strategy stochastic0.5-linear``). Differences from
+their code that remain:
+
+- what is denoised: theirs is everything after ``[SEP]`` up to the cut-off length (the answer, ``[EOS]`` and
+  padding to 75 tokens, all maskable and scored), nfl's the task's answer width (with the end token and padding
+  only where answers vary);
+- the loss scale: their ``linear`` weight ``T - t`` is ``timesteps`` times nfl's and their ``original``
+  (``1 / (t + 1)``) is nfl's ``elbo`` divided by ``timesteps``: a constant factor on the loss (which gradient
+  clipping and AdamW's epsilon see);
+- the mask token: their decoding suppresses ids from ``tokenizer.vocab_size`` on, which with their character
+  tokenizer is none (its size counts ``[MASK]``), so their model may decode ``[MASK]``; nfl never does;
+- ties: theirs masks the positions scoring strictly below the ``k + 1``-th lowest (fewer than ``k`` on a tie),
+  nfl keeps exactly the ``ceil(l * s / steps)`` best (``topk``);
+- the noise's random numbers: theirs come from the global generator, nfl's from its own seeded one;
+- not offered: their ``cosine`` unmasking schedule and their non-top-k decoding (D3PM's random unmasking).
 
 Tags. There is no teacher-forced pass, so no ``tf/*`` tag is logged. ``{stage}/loss`` and
 ``{stage}/mdm/denoise_pos_{i}`` are from one denoising pass over a fully masked answer: its cross-entropy and its
-per-position accuracy (the end token and padding are not positions). ``{stage}/mdm/steps`` is the mean number
-of passes decoding used. The answer-level tags (``exact_match``, ``free/pos_{i}``, ...) are read off the
-decoded answer as for every objective.
+per-position accuracy (the end token and padding are not positions); Ye et al.'s evaluation loss is the training
+loss on a random masking instead. ``{stage}/mdm/steps`` is the mean number of passes decoding used. The
+answer-level tags (``exact_match``, ``free/pos_{i}``, ...) are read off the decoded answer as for every objective.
 """
 
 from __future__ import annotations
@@ -43,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from nfl.errors import above, at_least
+from nfl.errors import above, at_least, in_range, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, ObjectiveOutput, Reservation, target_cross_entropy
 from nfl.tasks.base import IGNORE_INDEX, GraphTask
@@ -64,6 +94,12 @@ class MaskedDiffusion(Objective):
         alpha, gamma: its scale and exponent.
         steps: denoising passes at decoding (default the answer width).
         remask: let unmasked tokens be masked again when others are more confident.
+        shift: read answer token ``i`` off the position just before it, as Ye et al.'s code does.
+        repredict: with ``remask``, Ye et al.'s rule: unmasked positions take each pass's prediction afresh,
+            and every pass runs.
+        noise: scale of the Gumbel noise added to the confidences at decoding, annealed linearly to 0 over
+            the passes (Ye et al. use 0.5; 0 ranks by confidence alone).
+        noise_seed: seed of the noise's generator, reset at every decoding call.
     """
 
     teacher_forced = False
@@ -77,6 +113,10 @@ class MaskedDiffusion(Objective):
         gamma: float = 1.0,
         steps: Optional[int] = None,
         remask: bool = False,
+        shift: bool = False,
+        repredict: bool = False,
+        noise: float = 0.0,
+        noise_seed: int = 0,
     ) -> None:
         super().__init__()
         me = type(self)
@@ -84,9 +124,15 @@ class MaskedDiffusion(Objective):
         above(me, "alpha", alpha, 0.0, "the focal loss scale, e.g. 0.25")
         at_least(me, "gamma", gamma, 0.0)
         at_least(me, "steps", steps, 1, "null is one pass per answer token")
+        require(remask or not repredict, me, "repredict", repredict,
+                "re-predicting unmasked tokens is a way of remasking; set remask: true as well")
+        require(math.isfinite(noise) and noise >= 0, me, "noise", noise,
+                "must be a finite number >= 0 (the Gumbel noise scale at decoding; Ye et al. use 0.5, 0 is none)")
+        in_range(me, "noise_seed", noise_seed, 0, 2**63 - 1)
         self.timesteps, self.time_weighting = timesteps, time_weighting
         self.token_reweighting, self.alpha, self.gamma = token_reweighting, alpha, gamma
-        self.steps, self.remask = steps, remask
+        self.steps, self.remask, self.repredict = steps, remask, repredict
+        self.shift, self.noise, self.noise_seed = shift, noise, noise_seed
 
     def reserve(self, task: GraphTask) -> Reservation:
         # The input is prefix + the whole answer: one position more than teacher forcing's.
@@ -105,9 +151,14 @@ class MaskedDiffusion(Objective):
         return target.masked_fill(target == IGNORE_INDEX, pad)
 
     def denoise(self, backbone: Backbone, prefix: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-        """Logits (B, l, V) at the answer positions of one bidirectional pass over ``prefix + answer``."""
-        hidden = backbone(torch.cat([prefix, answer], dim=1), output_from=prefix.shape[1], attention="bidirectional")
-        return backbone.unembed(hidden)
+        """Logits (B, l, V) predicting the answer positions, from one bidirectional pass over ``prefix + answer``."""
+        P = prefix.shape[1]
+        inputs = torch.cat([prefix, answer], dim=1)  # (B, P + l)
+        if self.shift:  # positions P-1 .. P+l-2 predict the answer; the last one's output is not read
+            hidden = backbone(inputs, output_from=P - 1, attention="bidirectional")[:, :-1]
+        else:
+            hidden = backbone(inputs, output_from=P, attention="bidirectional")
+        return backbone.unembed(hidden)  # (B, l, V)
 
     def forward(self, backbone: Backbone, prefix: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
         B, L = target.shape
@@ -131,19 +182,27 @@ class MaskedDiffusion(Objective):
         steps = self.steps or width
         x = prefix.new_full((B, width), self.mask_id)
         masked = torch.ones(B, width, dtype=torch.bool, device=prefix.device)
+        generator = None
+        if self.noise > 0:  # the same draws at every call: decoding a batch twice gives the same answers
+            generator = torch.Generator(device=prefix.device).manual_seed(self.noise_seed)
         passes, done = 0, 0
         for s in range(1, steps + 1):
             goal = math.ceil(width * s / steps)  # positions unmasked after this pass
-            if goal == done:
+            if goal == done and not self.repredict:
                 continue
             logp = self.denoise(backbone, prefix, x).float().log_softmax(-1)  # (B, width, V)
             logp[..., self.mask_id] = -math.inf  # never predict the mask itself
             passes += 1
             conf, token = logp.max(-1)  # (B, width)
-            if self.remask:
+            if self.remask and not self.repredict:  # an unmasked token keeps its token, scored by it
                 kept = logp.gather(2, x.clamp(max=logp.shape[-1] - 1)[..., None])[..., 0]
                 token = token.where(masked, x)
                 conf = conf.where(masked, kept)
+            scale = self.noise * (steps - s) / steps  # Ye et al.'s noise_scale * t / T, t = T - s
+            if scale > 0:
+                u = torch.rand(conf.shape, generator=generator, device=conf.device)
+                conf = conf + scale * -torch.log(-torch.log(u + 1e-8) + 1e-8)  # Gumbel noise
+            if self.remask:
                 keep = torch.zeros_like(masked)
                 keep.scatter_(1, conf.topk(goal, dim=1).indices, True)
                 x = token.where(keep, torch.full_like(x, self.mask_id))
