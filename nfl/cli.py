@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -18,6 +19,7 @@ from typing import Any, Optional
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.callbacks import KeepLastCheckpoint, RecordRun, StopOnNonFiniteLoss
@@ -27,11 +29,13 @@ from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise, silence_resume_noise
-from nfl.runs import checkpoint_file, refuse_contradictions, settle_log_folder
+from nfl.runs import checkpoint_file, refuse_contradictions, run_folder, settle_log_folder
 from nfl.signals import StopOnSignal
 from nfl.system import GraphSystem
 from nfl.tasks.config import reverse_of, task_from_data, task_spec
 from nfl.tasks.path_star import PathStar
+
+log = logging.getLogger(__name__)
 
 LINKED = ("task", "reverse")  # data module attributes the system is built with
 # Model options a checkpoint's weights were made with; on fit the optimizer state (lr, decay, betas) as well.
@@ -104,9 +108,26 @@ class NFLCLI(LightningCLI):
             check_writable(self.trainer)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self.run_folder = None
+        if self.subcommand and rank_zero_only.rank == 0:  # before Lightning's own lines: where this run writes
+            self.run_folder = run_folder(self._get(self.config_init, "trainer", default={}).get("logger"))
+            self._announce_run_folder()
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         return trainer
+
+    def _announce_run_folder(self) -> None:
+        if self.run_folder is None:
+            return
+        folder, stage = os.path.split(os.path.normpath(self.run_folder))
+        if stage == self.subcommand and self.subcommand != "fit":  # an evaluation logging into its run
+            log.info("Run folder: %s (this %s logs into %s)", folder, self.subcommand, self.run_folder)
+        else:
+            log.info("Run folder: %s", self.run_folder)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        super()._run_subcommand(subcommand)
+        self._announce_run_folder()  # again at the end, where the output has scrolled it away
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

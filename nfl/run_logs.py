@@ -16,6 +16,7 @@ import statistics
 from typing import Optional
 
 from nfl.provenance import RUN_INFO
+from nfl.runs import STAGE_FOLDERS
 from nfl.sweep_file import DONE
 
 # (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
@@ -45,17 +46,24 @@ def task_columns(run_dir: str) -> list[tuple[str, str, str]]:
     return [(name, tag, HEADERS.get(name, name)) for name, tag in task.report_columns]
 
 
+def log_folders(run_dir: str) -> list[str]:
+    """A run folder and the folders its evaluations logged into (``validate/``, ``test/``, ``predict/``)."""
+    return [run_dir] + [os.path.join(run_dir, stage) for stage in STAGE_FOLDERS if os.path.isdir(os.path.join(run_dir, stage))]
+
+
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of a TensorBoard run folder: tag -> [(step, value), ...] sorted by step."""
+    """All scalars of a run folder, its training and the evaluations of its checkpoints (``test/`` etc.) together:
+    tag -> [(step, value), ...] sorted by step (values logged at the same step in the order they were written)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out: dict[str, list[tuple[int, float]]] = {}
-    for event_file in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-        acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {k: sorted(v) for k, v in out.items()}
+    for folder in log_folders(run_dir):
+        for event_file in sorted(glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))):
+            acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
+            acc.Reload()
+            for tag in acc.Tags()["scalars"]:
+                out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {k: sorted(v, key=lambda point: point[0]) for k, v in out.items()}
 
 
 def load_runs(sweep_dir: str) -> list[dict]:
