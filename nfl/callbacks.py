@@ -1,5 +1,5 @@
-"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run, stop on a non-finite loss, stop a solved
-run, record what a run ran with, write predictions."""
+"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run, log the last step, stop on a non-finite
+loss, stop a solved run, record what a run ran with, write predictions."""
 
 from __future__ import annotations
 
@@ -81,6 +81,26 @@ class KeepLastCheckpoint(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == "fit" and trainer.training and not trainer.sanity_checking:
             as_saved_at_batch_end(checkpoint, trainer.accumulate_grad_batches)
+
+
+class LogLastStep(Callback):
+    """Log the training tags (``train/loss``, ...) at the last step of ``fit``, whatever ``log_every_n_steps`` is.
+
+    Lightning logs a training step only when its 1-based index is a multiple of ``log_every_n_steps``, so the end
+    of a curve is missing when ``max_steps`` is not a multiple, and a run shorter than the interval logs no
+    ``train/loss`` at all. On the step that reaches ``max_steps`` the interval is set to 1 (until ``fit`` ends).
+    """
+
+    def __init__(self) -> None:
+        self.interval: Optional[int] = None  # the trainer's own, while this step's is 1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step and self.interval is None and trainer.log_every_n_steps > 0:
+            self.interval, trainer.log_every_n_steps = trainer.log_every_n_steps, 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interval is not None:
+            trainer.log_every_n_steps, self.interval = self.interval, None
 
 
 _COUNTERS = ("ready", "started", "processed", "completed")

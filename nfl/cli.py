@@ -22,7 +22,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.callbacks import KeepLastCheckpoint, RecordRun, StopOnNonFiniteLoss
+from nfl.callbacks import KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss
 from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.config_checks import check_run_config, check_writable, check_yaml_syntax, locate, os_error_line
 from nfl.data.datamodule import TaskDataModule
@@ -164,7 +164,7 @@ def legacy_task(hparams: dict[str, Any]) -> dict[str, Any]:
 def trainer_defaults() -> dict:
     """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and
     when Ctrl-C or SIGTERM stops the run; a NaN or infinite training loss stops it; ``run_info.json`` records
-    the parameter count, commit and package versions."""
+    the parameter count, commit and package versions; the last training step is always logged."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -172,7 +172,7 @@ def trainer_defaults() -> dict:
         },
         # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
         # configs set ModelCheckpoint (save_last: true) themselves.
-        "callbacks": [KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss(), RecordRun()],
+        "callbacks": [KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss(), RecordRun(), LogLastStep()],
         "check_val_every_n_epoch": None,
     }
 
