@@ -3,7 +3,7 @@
 (``python -m nfl.report --atlas configs/atlas.yaml --out docs/atlas`` writes the reproduction atlas instead: see
 :mod:`nfl.atlas`.)
 
-Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events + ``run_info.json``, see
+Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events or a CSV log + ``run_info.json``, see
 :mod:`nfl.sweep`; several ``--sweep`` folders, e.g. shards copied back from separate machines, are merged) and writes
 
 - ``results.md`` and ``results.csv``: one row per setting (runs that differ only in seed), with the mean and

@@ -1,6 +1,6 @@
 """A sweep's finished runs read back from their folders, and what follows from the logs alone.
 
-Read: TensorBoard scalars, ``sweep_run.json``, ``run_info.json`` and the held-out set size. Derived: samples to
+Read: TensorBoard or CSV scalars, ``sweep_run.json``, ``run_info.json`` and the held-out set size. Derived: samples to
 solve, binomial standard errors, values between logged steps.
 
 :mod:`nfl.report` writes its tables and plots from these, and :mod:`nfl.atlas_rows` measures the atlas's rows.
@@ -8,6 +8,7 @@ solve, binomial standard errors, values between logged steps.
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import math
@@ -16,7 +17,7 @@ import statistics
 from typing import Optional
 
 from nfl.provenance import RUN_INFO
-from nfl.runs import STAGE_FOLDERS
+from nfl.runs import CSV_LOG, STAGE_FOLDERS
 from nfl.sweep_file import DONE
 
 # (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
@@ -52,18 +53,40 @@ def log_folders(run_dir: str) -> list[str]:
 
 
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of a run folder, its training and the evaluations of its checkpoints (``test/`` etc.) together:
-    tag -> [(step, value), ...] sorted by step (values logged at the same step in the order they were written)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
+    """All scalars of a run folder, its training and the evaluations of its checkpoints (``test/`` etc.) together,
+    logged with TensorBoard or Lightning's ``CSVLogger`` (``metrics.csv``): tag -> [(step, value), ...] sorted by
+    step (values logged at the same step in the order they were written)."""
     out: dict[str, list[tuple[int, float]]] = {}
     for folder in log_folders(run_dir):
-        for event_file in sorted(glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))):
-            acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
-            acc.Reload()
-            for tag in acc.Tags()["scalars"]:
-                out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+        for tag, points in [*_tensorboard_scalars(folder), *_csv_scalars(folder)]:
+            out.setdefault(tag, []).extend(points)
     return {k: sorted(v, key=lambda point: point[0]) for k, v in out.items()}
+
+
+def _tensorboard_scalars(folder: str) -> list[tuple[str, list[tuple[int, float]]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    found = []
+    for event_file in sorted(glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))):
+        acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
+        acc.Reload()
+        found += [(tag, [(e.step, e.value) for e in acc.Scalars(tag)]) for tag in acc.Tags()["scalars"]]
+    return found
+
+
+def _csv_scalars(folder: str) -> list[tuple[str, list[tuple[int, float]]]]:
+    """The columns of a ``CSVLogger``'s ``metrics.csv``: one row per logging call, empty where a tag was not logged."""
+    path = os.path.join(folder, CSV_LOG)
+    if not os.path.isfile(path):
+        return []
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.pop("step")))
+            for tag, value in row.items():
+                if value not in ("", None):
+                    out.setdefault(tag, []).append((step, float(value)))
+    return list(out.items())
 
 
 def load_runs(sweep_dir: str) -> list[dict]:

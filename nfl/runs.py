@@ -26,8 +26,9 @@ from nfl.errors import UserInputError
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 # Sub-folders of a run where an evaluation of one of its checkpoints logs (named after the subcommand).
 STAGE_FOLDERS = ("validate", "test", "predict")
+CSV_LOG = "metrics.csv"  # what Lightning's CSVLogger writes into a run folder
 # Files that mark a folder as a run's log folder (besides TensorBoard's event files).
-RUN_FILES = ("config.yaml", "hparams.yaml", "metrics.csv")
+RUN_FILES = ("config.yaml", "hparams.yaml", CSV_LOG)
 
 
 def checkpoint_file(ckpt_path: Optional[str]) -> Optional[str]:
