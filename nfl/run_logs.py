@@ -89,19 +89,25 @@ def _csv_scalars(folder: str) -> list[tuple[str, list[tuple[int, float]]]]:
     return list(out.items())
 
 
-def load_runs(sweep_dir: str) -> list[dict]:
-    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus ``scalars``, ``columns``, ``info`` (its
+def load_run(folder: str) -> dict:
+    """One run folder's logs: ``scalars``, ``columns`` (the report's, with its task's), ``info`` (its
     ``run_info.json``, empty for runs written before nfl recorded one) and ``n_test`` (held-out graphs, or None)."""
+    info = _read_json(os.path.join(folder, RUN_INFO))
+    return {
+        "scalars": read_scalars(folder),
+        "columns": COLUMNS + task_columns(folder),
+        "info": info,
+        "n_test": info.get("n_test_graphs") or _configured_n_test(folder),
+    }
+
+
+def load_runs(sweep_dir: str) -> list[dict]:
+    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus what :func:`load_run` reads."""
     runs = []
     for marker in sorted(glob.glob(os.path.join(sweep_dir, "*", DONE))):
-        folder = os.path.dirname(marker)
         with open(marker) as f:
             run = json.load(f)
-        run["scalars"] = read_scalars(folder)
-        run["columns"] = COLUMNS + task_columns(folder)
-        run["info"] = _read_json(os.path.join(folder, RUN_INFO))
-        run["n_test"] = run["info"].get("n_test_graphs") or _configured_n_test(folder)
-        runs.append(run)
+        runs.append({**run, **load_run(os.path.dirname(marker))})
     return runs
 
 
