@@ -18,11 +18,12 @@ from typing import Any, Optional
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.callbacks import KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss
+from nfl.callbacks import KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss, progress_bar
 from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.config_checks import check_run_config, check_writable, check_yaml_syntax, locate, os_error_line
 from nfl.data.datamodule import TaskDataModule
@@ -55,6 +56,19 @@ class NFLCLI(LightningCLI):
             default=False,
             help="After fit, run the test set on the final weights and log test/* to the same run.",
         )
+
+    def _add_arguments(self, parser: LightningArgumentParser) -> None:
+        super()._add_arguments(parser)
+        # Lightning's --optimizer and --lr_scheduler stay parsed, so that check_run_config can refuse them in
+        # one line, but --help does not offer them (every torch optimizer and scheduler, which nfl refuses).
+        refused = ("optimizer", "lr_scheduler")
+        for action in parser._actions:
+            if action.dest.split(".")[0] in refused:
+                action.help = argparse.SUPPRESS
+        parser._action_groups = [
+            g for g in parser._action_groups
+            if not g._group_actions or any(a.dest.split(".")[0] not in refused for a in g._group_actions)
+        ]
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
@@ -109,9 +123,14 @@ class NFLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self.run_folder = None
+        config = self._get(self.config_init, "trainer", default={})
         if self.subcommand and rank_zero_only.rank == 0:  # before Lightning's own lines: where this run writes
-            self.run_folder = run_folder(self._get(self.config_init, "trainer", default={}).get("logger"))
+            self.run_folder = run_folder(config.get("logger"))
             self._announce_run_folder()
+        if config.get("enable_progress_bar") is not False and "callbacks" in config:
+            callbacks = config["callbacks"] if isinstance(config["callbacks"], list) else [c for c in [config["callbacks"]] if c]
+            if not any(isinstance(c, ProgressBar) for c in callbacks):  # one style, not rich's where installed
+                config["callbacks"] = [*callbacks, progress_bar()]
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         return trainer

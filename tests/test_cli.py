@@ -145,6 +145,7 @@ def test_help_in_a_subprocess():
     assert done.returncode == 0 and "fit" in done.stdout and "test" in done.stdout
     done = subprocess.run([sys.executable, "-m", "nfl", "fit", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and "--model.backbone" in done.stdout and "--test_after_fit" in done.stdout
+    assert "--optimizer" not in done.stdout and "--lr_scheduler" not in done.stdout  # refused, so not offered
 
 
 def test_a_misspelt_option_or_class_is_one_error_line(run_cli, tiny_config, capsys):
@@ -161,3 +162,15 @@ def test_a_misspelt_option_or_class_is_one_error_line(run_cli, tiny_config, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert done.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
         assert all(w in err[0] for w in words), err[0]
+
+
+def test_progress_off_a_terminal_is_a_line_per_logging_interval(run_cli, tiny_config, capsys):
+    from nfl.callbacks import LineProgress
+
+    cli = run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=6", "--trainer.log_every_n_steps=2",
+                  "--trainer.enable_progress_bar=true")
+    assert isinstance(cli.trainer.progress_bar_callback, LineProgress)  # pytest's stderr is no terminal
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert "train/loss=" in lines[-1] and "validated at step 4/6: " in err and "\r" not in err
