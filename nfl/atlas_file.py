@@ -4,7 +4,7 @@ Every mistake is one line naming the entry and what to change.
 
 The atlas file lists claims; each claim lists settings (a graph, a model, an objective), each with the published
 number and its source, and one or more nfl sources: the sweep file whose runs measure that setting and the
-folder where its finished runs are kept (TensorBoard events, read with :mod:`nfl.run_logs`), or a report's
+folder where its finished runs are kept (TensorBoard events or CSV logs, read with :mod:`nfl.run_logs`), or a report's
 ``results.csv``. :mod:`nfl.atlas_rows` measures each setting; :mod:`nfl.atlas` writes the pages.
 """
 

@@ -1,5 +1,6 @@
-"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run, stop on a non-finite loss, stop a solved
-run, record what a run ran with, write predictions."""
+"""Callbacks nfl adds to Lightning's: keep the work of an interrupted run, log the last step, report progress as
+lines where no terminal shows a bar, stop on a non-finite loss, stop a solved run, record what a run ran with, write
+predictions."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 import logging
 import math
 import os
+import sys
 from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.errors import UserInputError, at_least, require
@@ -81,6 +83,66 @@ class KeepLastCheckpoint(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == "fit" and trainer.training and not trainer.sanity_checking:
             as_saved_at_batch_end(checkpoint, trainer.accumulate_grad_batches)
+
+
+class LogLastStep(Callback):
+    """Log the training tags (``train/loss``, ...) at the last step of ``fit``, whatever ``log_every_n_steps`` is.
+
+    Lightning logs a training step only when its 1-based index is a multiple of ``log_every_n_steps``, so the end
+    of a curve is missing when ``max_steps`` is not a multiple, and a run shorter than the interval logs no
+    ``train/loss`` at all. On the step that reaches ``max_steps`` the interval is set to 1 (until ``fit`` ends).
+    """
+
+    def __init__(self) -> None:
+        self.interval: Optional[int] = None  # the trainer's own, while this step's is 1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step and self.interval is None and trainer.log_every_n_steps > 0:
+            self.interval, trainer.log_every_n_steps = trainer.log_every_n_steps, 1
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.interval is not None:
+            trainer.log_every_n_steps, self.interval = self.interval, None
+
+
+class LineProgress(ProgressBar):
+    """Progress as one line per logging interval (``log_every_n_steps``) and per validation: for output that is
+    not a terminal (a file, a pipe, a batch system's log), where a bar's redraws would pile up.
+
+    ``step 100/600: train/loss=0.693, val/exact_match=0.500``, on standard error, from rank 0 only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = True
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def _line(self, trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
+        if not self.enabled or not trainer.is_global_zero:
+            return
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
+        total = f"/{trainer.max_steps}" if trainer.max_steps > 0 else ""
+        print(f"{what} {trainer.global_step}{total}" + (f": {shown}" if shown else ""), file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if trainer.log_every_n_steps > 0 and (step % trainer.log_every_n_steps == 0 or step == trainer.max_steps):
+            self._line(trainer, pl_module, "step")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._line(trainer, pl_module, "validated at step")
+
+
+def progress_bar() -> ProgressBar:
+    """The progress display: tqdm's bar on a terminal (whether or not ``rich`` is installed), lines otherwise."""
+    return TQDMProgressBar() if sys.stderr.isatty() else LineProgress()
 
 
 _COUNTERS = ("ready", "started", "processed", "completed")

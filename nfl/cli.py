@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -17,21 +18,25 @@ from typing import Any, Optional
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.callbacks import KeepLastCheckpoint, RecordRun, StopOnNonFiniteLoss
+from nfl.callbacks import KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss, progress_bar
 from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.config_checks import check_run_config, check_writable, check_yaml_syntax, locate, os_error_line
 from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise, silence_resume_noise
-from nfl.runs import checkpoint_file, refuse_contradictions, settle_log_folder
+from nfl.runs import checkpoint_file, refuse_contradictions, run_folder, settle_log_folder
 from nfl.signals import StopOnSignal
 from nfl.system import GraphSystem
 from nfl.tasks.config import reverse_of, task_from_data, task_spec
 from nfl.tasks.path_star import PathStar
+
+log = logging.getLogger(__name__)
 
 LINKED = ("task", "reverse")  # data module attributes the system is built with
 # Model options a checkpoint's weights were made with; on fit the optimizer state (lr, decay, betas) as well.
@@ -51,6 +56,19 @@ class NFLCLI(LightningCLI):
             default=False,
             help="After fit, run the test set on the final weights and log test/* to the same run.",
         )
+
+    def _add_arguments(self, parser: LightningArgumentParser) -> None:
+        super()._add_arguments(parser)
+        # Lightning's --optimizer and --lr_scheduler stay parsed, so that check_run_config can refuse them in
+        # one line, but --help does not offer them (every torch optimizer and scheduler, which nfl refuses).
+        refused = ("optimizer", "lr_scheduler")
+        for action in parser._actions:
+            if action.dest.split(".")[0] in refused:
+                action.help = argparse.SUPPRESS
+        parser._action_groups = [
+            g for g in parser._action_groups
+            if not g._group_actions or any(a.dest.split(".")[0] not in refused for a in g._group_actions)
+        ]
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
@@ -104,9 +122,31 @@ class NFLCLI(LightningCLI):
             check_writable(self.trainer)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        self.run_folder = None
+        config = self._get(self.config_init, "trainer", default={})
+        if self.subcommand and rank_zero_only.rank == 0:  # before Lightning's own lines: where this run writes
+            self.run_folder = run_folder(config.get("logger"))
+            self._announce_run_folder()
+        if config.get("enable_progress_bar") is not False and "callbacks" in config:
+            callbacks = config["callbacks"] if isinstance(config["callbacks"], list) else [c for c in [config["callbacks"]] if c]
+            if not any(isinstance(c, ProgressBar) for c in callbacks):  # one style, not rich's where installed
+                config["callbacks"] = [*callbacks, progress_bar()]
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         return trainer
+
+    def _announce_run_folder(self) -> None:
+        if self.run_folder is None:
+            return
+        folder, stage = os.path.split(os.path.normpath(self.run_folder))
+        if stage == self.subcommand and self.subcommand != "fit":  # an evaluation logging into its run
+            log.info("Run folder: %s (this %s logs into %s)", folder, self.subcommand, self.run_folder)
+        else:
+            log.info("Run folder: %s", self.run_folder)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        super()._run_subcommand(subcommand)
+        self._announce_run_folder()  # again at the end, where the output has scrolled it away
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -143,7 +183,7 @@ def legacy_task(hparams: dict[str, Any]) -> dict[str, Any]:
 def trainer_defaults() -> dict:
     """Defaults a config can override: TensorBoard under lightning_logs/; last.ckpt kept current at the end and
     when Ctrl-C or SIGTERM stops the run; a NaN or infinite training loss stops it; ``run_info.json`` records
-    the parameter count, commit and package versions."""
+    the parameter count, commit and package versions; the last training step is always logged."""
     return {
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -151,7 +191,7 @@ def trainer_defaults() -> dict:
         },
         # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
         # configs set ModelCheckpoint (save_last: true) themselves.
-        "callbacks": [KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss(), RecordRun()],
+        "callbacks": [KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss(), RecordRun(), LogLastStep()],
         "check_val_every_n_epoch": None,
     }
 

@@ -21,7 +21,7 @@ _DEPENDENCY_WARNINGS = (
     r"Couldn't infer the batch indices fetched from your dataloader",  # PredictionWriter does not use them
 )
 
-# Evaluating a checkpoint writes to a new log folder, so its ModelCheckpoint state (best scores, which nfl does
+# Evaluating a checkpoint writes to a folder of its own (its run's test/, say), so its ModelCheckpoint state (best scores, which nfl does
 # not use) is not restored: Lightning says so on every test/validate/predict.
 _EVALUATION_WARNINGS = (r"The dirpath has changed from",)
 

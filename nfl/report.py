@@ -1,9 +1,9 @@
 """``python -m nfl.report --sweep lightning_logs/NAME --out docs/NAME``: a results table and plots from a sweep.
 
 (``python -m nfl.report --atlas configs/atlas.yaml --out docs/atlas`` writes the reproduction atlas instead: see
-:mod:`nfl.atlas`.)
+:mod:`nfl.atlas`; ``python -m nfl.report --run DIR [DIR ...]`` reports on single runs: see :mod:`nfl.run_report`.)
 
-Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events + ``run_info.json``, see
+Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events or a CSV log + ``run_info.json``, see
 :mod:`nfl.sweep`; several ``--sweep`` folders, e.g. shards copied back from separate machines, are merged) and writes
 
 - ``results.md`` and ``results.csv``: one row per setting (runs that differ only in seed), with the mean and
@@ -193,16 +193,53 @@ def write_tables(rows: list[dict], out: str, title: str, columns: list[tuple[str
 
 
 
+def prepare_out(out: str) -> None:
+    """Create the report's folder, or refuse in one line naming ``--out`` when it cannot be written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UserInputError(f"--out {out} is a file; give a folder for the report.")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"--out {out}: cannot create it ({(err.strerror or str(err)).lower()}); give a writable folder.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserInputError(f"--out {out}: cannot write there (permission denied); give a writable folder.")
+
+
+def report_runs(folders: list[str], out: Optional[str]) -> int:
+    """``--run``: print the runs' table and write their plots (into ``out``, or the one run's own folder)."""
+    from nfl.run_report import REPORT, load_named_runs, write_run_report
+
+    try:
+        runs = load_named_runs(folders)
+        if out is None and len(runs) > 1:
+            raise UserInputError("--out: give a folder for the plots of several --run folders side by side.")
+        out = out or folders[0]
+        prepare_out(out)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(write_run_report(runs, out)))
+    print(f"wrote {os.path.join(out, REPORT)} and the plots of {len(runs)} run{'s' if len(runs) > 1 else ''}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nfl.report", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sweep", nargs="+",
                         help="a sweep's log folder, e.g. lightning_logs/cpu_grid; several are merged (shards)")
+    source.add_argument("--run", nargs="+", help="run folders (TensorBoard or CSV), e.g. lightning_logs/version_0: "
+                        "print a table of each one's final test metrics and write its plots (see nfl.run_report)")
     source.add_argument("--atlas", help="an atlas file (configs/atlas.yaml): write the reproduction atlas's pages "
                         "(one per claim and an index, see nfl.atlas) instead of one sweep's report")
-    parser.add_argument("--out", required=True, help="folder for results.md/csv, runs.md/csv and the plots "
-                        "(with --atlas: for README.md and one page per claim)")
+    parser.add_argument("--out", help="folder for results.md/csv, runs.md/csv and the plots (with --atlas: for "
+                        "README.md and one page per claim; with --run: report.md and the plots, by default the run's "
+                        "own folder); required with --sweep and --atlas")
     args = parser.parse_args(argv)
+    if args.run:
+        return report_runs(args.run, args.out)
+    if args.out is None:
+        parser.error(f"--out is required with --{'atlas' if args.atlas else 'sweep'}")
     if args.atlas:
         from nfl.atlas import write_atlas
 
@@ -223,9 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if twice:
             raise UserInputError(f"runs found in more than one --sweep folder: {', '.join(twice)}; give each run once.")
         check_runs(runs)
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise UserInputError(f"--out {args.out} is a file; give a folder for the report.")
-        os.makedirs(args.out, exist_ok=True)
+        prepare_out(args.out)
         rows = summarise(runs)
     except (UserInputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

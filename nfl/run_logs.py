@@ -1,6 +1,6 @@
 """A sweep's finished runs read back from their folders, and what follows from the logs alone.
 
-Read: TensorBoard scalars, ``sweep_run.json``, ``run_info.json`` and the held-out set size. Derived: samples to
+Read: TensorBoard or CSV scalars, ``sweep_run.json``, ``run_info.json`` and the held-out set size. Derived: samples to
 solve, binomial standard errors, values between logged steps.
 
 :mod:`nfl.report` writes its tables and plots from these, and :mod:`nfl.atlas_rows` measures the atlas's rows.
@@ -8,6 +8,7 @@ solve, binomial standard errors, values between logged steps.
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import math
@@ -16,6 +17,7 @@ import statistics
 from typing import Optional
 
 from nfl.provenance import RUN_INFO
+from nfl.runs import CSV_LOG, STAGE_FOLDERS
 from nfl.sweep_file import DONE
 
 # (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
@@ -45,32 +47,67 @@ def task_columns(run_dir: str) -> list[tuple[str, str, str]]:
     return [(name, tag, HEADERS.get(name, name)) for name, tag in task.report_columns]
 
 
+def log_folders(run_dir: str) -> list[str]:
+    """A run folder and the folders its evaluations logged into (``validate/``, ``test/``, ``predict/``)."""
+    return [run_dir] + [os.path.join(run_dir, stage) for stage in STAGE_FOLDERS if os.path.isdir(os.path.join(run_dir, stage))]
+
+
 def read_scalars(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of a TensorBoard run folder: tag -> [(step, value), ...] sorted by step."""
+    """All scalars of a run folder, its training and the evaluations of its checkpoints (``test/`` etc.) together,
+    logged with TensorBoard or Lightning's ``CSVLogger`` (``metrics.csv``): tag -> [(step, value), ...] sorted by
+    step (values logged at the same step in the order they were written)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for folder in log_folders(run_dir):
+        for tag, points in [*_tensorboard_scalars(folder), *_csv_scalars(folder)]:
+            out.setdefault(tag, []).extend(points)
+    return {k: sorted(v, key=lambda point: point[0]) for k, v in out.items()}
+
+
+def _tensorboard_scalars(folder: str) -> list[tuple[str, list[tuple[int, float]]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out: dict[str, list[tuple[int, float]]] = {}
-    for event_file in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+    found = []
+    for event_file in sorted(glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))):
         acc = EventAccumulator(event_file, size_guidance={"scalars": 0})
         acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return {k: sorted(v) for k, v in out.items()}
+        found += [(tag, [(e.step, e.value) for e in acc.Scalars(tag)]) for tag in acc.Tags()["scalars"]]
+    return found
+
+
+def _csv_scalars(folder: str) -> list[tuple[str, list[tuple[int, float]]]]:
+    """The columns of a ``CSVLogger``'s ``metrics.csv``: one row per logging call, empty where a tag was not logged."""
+    path = os.path.join(folder, CSV_LOG)
+    if not os.path.isfile(path):
+        return []
+    out: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(float(row.pop("step")))
+            for tag, value in row.items():
+                if value not in ("", None):
+                    out.setdefault(tag, []).append((step, float(value)))
+    return list(out.items())
+
+
+def load_run(folder: str) -> dict:
+    """One run folder's logs: ``scalars``, ``columns`` (the report's, with its task's), ``info`` (its
+    ``run_info.json``, empty for runs written before nfl recorded one) and ``n_test`` (held-out graphs, or None)."""
+    info = _read_json(os.path.join(folder, RUN_INFO))
+    return {
+        "scalars": read_scalars(folder),
+        "columns": COLUMNS + task_columns(folder),
+        "info": info,
+        "n_test": info.get("n_test_graphs") or _configured_n_test(folder),
+    }
 
 
 def load_runs(sweep_dir: str) -> list[dict]:
-    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus ``scalars``, ``columns``, ``info`` (its
-    ``run_info.json``, empty for runs written before nfl recorded one) and ``n_test`` (held-out graphs, or None)."""
+    """Finished runs of a sweep folder, each its ``sweep_run.json`` plus what :func:`load_run` reads."""
     runs = []
     for marker in sorted(glob.glob(os.path.join(sweep_dir, "*", DONE))):
-        folder = os.path.dirname(marker)
         with open(marker) as f:
             run = json.load(f)
-        run["scalars"] = read_scalars(folder)
-        run["columns"] = COLUMNS + task_columns(folder)
-        run["info"] = _read_json(os.path.join(folder, RUN_INFO))
-        run["n_test"] = run["info"].get("n_test_graphs") or _configured_n_test(folder)
-        runs.append(run)
+        runs.append({**run, **load_run(os.path.dirname(marker))})
     return runs
 
 

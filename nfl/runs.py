@@ -4,11 +4,16 @@
   Lightning: the default logger's ``save_dir`` (``.``) follows it.
 - ``fit --ckpt_path .../<name>/<version>/checkpoints/X.ckpt`` continues that TensorBoard run (same version
   folder, so curves continue and last.ckpt is replaced in place) unless a logger version was chosen.
+- ``validate``, ``test`` and ``predict --ckpt_path <run>/checkpoints/X.ckpt`` log into ``<run>/<subcommand>/``
+  (TensorBoard or CSV), so the run's folder holds its training and its evaluations together.
+- :func:`run_folder` names the folder a run writes, which the CLI prints first and last.
 - Model options given with ``--ckpt_path`` must agree with the checkpoint's (:func:`refuse_contradictions`).
 """
 
 from __future__ import annotations
 
+import glob
+import importlib
 import os
 import re
 from typing import Any, Optional
@@ -19,6 +24,11 @@ from nfl.errors import UserInputError
 
 # Lightning's names for checkpoints it finds itself; they are not files to inspect here.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+# Sub-folders of a run where an evaluation of one of its checkpoints logs (named after the subcommand).
+STAGE_FOLDERS = ("validate", "test", "predict")
+CSV_LOG = "metrics.csv"  # what Lightning's CSVLogger writes into a run folder
+# Files that mark a folder as a run's log folder (besides TensorBoard's event files).
+RUN_FILES = ("config.yaml", "hparams.yaml", CSV_LOG)
 
 
 def checkpoint_file(ckpt_path: Optional[str]) -> Optional[str]:
@@ -28,18 +38,47 @@ def checkpoint_file(ckpt_path: Optional[str]) -> Optional[str]:
     return str(ckpt_path)
 
 
+def _folder_logger_class(class_path: str) -> bool:
+    """Whether ``class_path`` is a logger that writes into ``save_dir/name/version`` (TensorBoard, CSV)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, (TensorBoardLogger, CSVLogger))
+
+
 def _logger_args(trainer: Namespace) -> Optional[Namespace]:
-    """The init_args of the one configured logger that writes under ``save_dir/name/version``, if any."""
+    """The init_args of the one configured logger, if it has a ``save_dir``."""
     logger = trainer.get("logger")
     if isinstance(logger, Namespace) and isinstance(logger.get("init_args"), Namespace):
-        args = logger.init_args
-        if {"save_dir", "name", "version"} <= set(vars(args)):
-            return args
+        if "save_dir" in vars(logger.init_args):
+            return logger.init_args
     return None
 
 
+def is_run_folder(folder: str) -> bool:
+    """Whether ``folder`` holds a run's logs: TensorBoard events, a CSV log or a saved config."""
+    return any(os.path.isfile(os.path.join(folder, f)) for f in RUN_FILES) or bool(
+        glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))
+    )
+
+
+def run_of_checkpoint(ckpt: str) -> Optional[str]:
+    """The run folder a checkpoint was saved in (``<run>/checkpoints/X.ckpt``), or None."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    run = os.path.dirname(folder)
+    if os.path.basename(folder) != "checkpoints" or not is_run_folder(run):
+        return None
+    relative = os.path.relpath(run)
+    return run if relative.startswith("..") else relative
+
+
 def settle_log_folder(config: Namespace, subcommand: str) -> None:
-    """Point the logger at ``default_root_dir`` and, for a resumed ``fit``, at its checkpoint's version."""
+    """Point the logger at ``default_root_dir``; for a resumed ``fit``, at its checkpoint's version; for an
+    evaluation of a run's checkpoint, at ``<run>/<subcommand>/``."""
     trainer = config.trainer
     args = _logger_args(trainer)
     if args is None:
@@ -47,7 +86,12 @@ def settle_log_folder(config: Namespace, subcommand: str) -> None:
     if trainer.get("default_root_dir") is not None and args.save_dir == ".":
         args.save_dir = str(trainer.default_root_dir)
     ckpt = checkpoint_file(config.get("ckpt_path"))
-    if subcommand != "fit" or ckpt is None or args.version is not None:
+    if ckpt is None or args.get("version") is not None or not _folder_logger_class(trainer.logger.get("class_path", "")):
+        return
+    if subcommand != "fit":
+        run = run_of_checkpoint(ckpt)
+        if run is not None:
+            args.save_dir, args.name, args.version = os.path.dirname(run) or ".", os.path.basename(run), subcommand
         return
     folder = os.path.dirname(os.path.abspath(ckpt))
     run = os.path.dirname(folder)
@@ -58,6 +102,16 @@ def settle_log_folder(config: Namespace, subcommand: str) -> None:
         version = os.path.basename(run)
         match = re.fullmatch(r"version_(\d+)", version)
         args.version = int(match.group(1)) if match else version
+
+
+def run_folder(logger: Any) -> Optional[str]:
+    """The folder ``logger`` writes (a run's ``log_dir``; for an evaluation, the run it logs into), or None."""
+    if isinstance(logger, (list, tuple)):
+        logger = logger[0] if logger else None
+    if logger is None or isinstance(logger, bool):
+        return None
+    folder = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+    return None if folder is None else os.path.normpath(str(folder))
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -11,10 +11,11 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 
 import nfl.checkpoints
 
-from tests.conftest import assert_same_series, logged, version_dir
+from tests.conftest import ROOT, assert_same_series, logged, version_dir
 
 # Validation every 3 steps and a fixed schedule, so a run cut short follows the uninterrupted run exactly.
 COMMON = ["--trainer.val_check_interval=3", "--model.decay_steps=12"]
@@ -66,6 +67,36 @@ def test_a_save_that_fails_halfway_keeps_the_previous_checkpoint_and_says_why(ru
     assert f"in {checkpoints}: no space left on device" in message
     assert sorted(p.name for p in checkpoints.iterdir()) == before  # no half-written file, no temporary left
     assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+KEEP_TWO = ["--trainer.callbacks.save_top_k=2", "--trainer.callbacks.monitor=step", "--trainer.callbacks.mode=max"]
+
+
+def test_every_periodic_checkpoint_is_kept_or_the_newest_k(run_cli, tiny_config, tmp_path, monkeypatch):
+    run_cli("fit", "--config", str(tiny_config))  # the tiny config keeps them all, as the CPU configs do
+    every = {"epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt", "epoch=0-step=12.ckpt", "last.ckpt"}
+    assert {p.name for p in (version_dir(tmp_path) / "checkpoints").iterdir()} == every
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=8", *KEEP_TWO)  # as the GPU configs do
+    checkpoints = version_dir(tmp_path, 1) / "checkpoints"
+    assert {p.name for p in checkpoints.iterdir()} == {"epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt", "last.ckpt"}
+    # The disk fills up at the next periodic save: the oldest is deleted only after a new one is written.
+    monkeypatch.setattr(nfl.checkpoints, "open", lambda fd, mode: DiskFillsUp(fd, "w"), raising=False)
+    with pytest.raises(SystemExit) as done:
+        run_cli("fit", "--config", str(tiny_config), *KEEP_TWO, "--ckpt_path", str(checkpoints / "last.ckpt"))
+    assert done.value.code.startswith("error: Cannot save checkpoint")
+    assert {p.name for p in checkpoints.iterdir()} == {"epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt", "last.ckpt"}
+    for path in checkpoints.iterdir():
+        assert torch.load(path, weights_only=False)["global_step"] in (4, 8)
+
+
+def test_the_gpu_sized_configs_keep_the_newest_few_checkpoints_and_the_cpu_ones_all():
+    for path in [*ROOT.glob("configs/*.yaml"), *ROOT.glob("configs/*/*.yaml")]:
+        callbacks = (yaml.safe_load(path.read_text()).get("trainer") or {}).get("callbacks") or []
+        for args in [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]:
+            if path.name.startswith("quickstart"):
+                assert args["save_top_k"] == -1, path
+            else:
+                assert args["save_top_k"] > 1 and args["monitor"] == "step" and args["mode"] == "max", path
 
 
 @pytest.fixture

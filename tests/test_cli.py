@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONFIGS, ROOT, tiny_fit, version_dir
+from tests.conftest import CONFIGS, ROOT, read_scalars, tiny_fit, version_dir
 
 
 def test_configs_are_shipped():
@@ -104,13 +105,27 @@ def test_corrupt_data_file_is_reported_with_file_and_line(run_cli, tiny_config, 
     assert done.value.code.startswith("error: data.init_args.test_file=") and "missing.txt: no such file" in done.value.code
 
 
-def test_validate_test_and_predict_from_a_checkpoint(run_cli, tiny_config, tmp_path):
+def run_folder_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Run folder: ")]
+
+
+def test_validate_test_and_predict_from_a_checkpoint(run_cli, tiny_config, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     reverse = ["--data.init_args.reverse", "true"]  # a checkpoint is used with the options it was trained with
     run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "4", *reverse)
-    ckpt = str(version_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    run = Path("lightning_logs", "version_0")  # as printed: relative to the working directory
+    assert run_folder_lines(caplog) == [f"Run folder: {run}"] * 2  # first and last
+    ckpt = str(run / "checkpoints" / "last.ckpt")
     for sub in ("validate", "test"):
+        caplog.clear()
         cli = run_cli(sub, "--config", str(tiny_config), "--ckpt_path", ckpt, *reverse)
         assert f"{'val' if sub == 'validate' else 'test'}/exact_match" in cli.trainer.callback_metrics
+        assert cli.trainer.log_dir == str(run / sub)  # the run tested logs its test, not a new version folder
+        where = f"Run folder: {run} (this {sub} logs into {run / sub})"
+        assert run_folder_lines(caplog) == [where] * 2
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]
+    scalars = read_scalars(str(tmp_path / run))  # the fit and its evaluations together
+    assert {"train/loss", "val/exact_match", "test/exact_match"} <= set(scalars)
     out = tmp_path / "out" / "predictions.tsv"
     cli = run_cli(
         "predict", "--config", str(tiny_config), "--ckpt_path", ckpt, *reverse,
@@ -130,6 +145,7 @@ def test_help_in_a_subprocess():
     assert done.returncode == 0 and "fit" in done.stdout and "test" in done.stdout
     done = subprocess.run([sys.executable, "-m", "nfl", "fit", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and "--model.backbone" in done.stdout and "--test_after_fit" in done.stdout
+    assert "--optimizer" not in done.stdout and "--lr_scheduler" not in done.stdout  # refused, so not offered
 
 
 def test_a_misspelt_option_or_class_is_one_error_line(run_cli, tiny_config, capsys):
@@ -146,3 +162,15 @@ def test_a_misspelt_option_or_class_is_one_error_line(run_cli, tiny_config, caps
         err = capsys.readouterr().err.strip().splitlines()
         assert done.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
         assert all(w in err[0] for w in words), err[0]
+
+
+def test_progress_off_a_terminal_is_a_line_per_logging_interval(run_cli, tiny_config, capsys):
+    from nfl.callbacks import LineProgress
+
+    cli = run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=6", "--trainer.log_every_n_steps=2",
+                  "--trainer.enable_progress_bar=true")
+    assert isinstance(cli.trainer.progress_bar_callback, LineProgress)  # pytest's stderr is no terminal
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2/6", "step 4/6", "step 6/6"]
+    assert "train/loss=" in lines[-1] and "validated at step 4/6: " in err and "\r" not in err

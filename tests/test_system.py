@@ -32,6 +32,15 @@ def test_fit_logs_every_pinned_tag_on_schedule(run_cli, tiny_config, tmp_path):
     assert {p.name for p in checkpoints.iterdir()} >= {"last.ckpt", "epoch=0-step=4.ckpt", "epoch=0-step=12.ckpt"}
 
 
+def test_the_last_training_step_is_logged_whatever_log_every_n_steps_is(run_cli, tiny_config, tmp_path):
+    for version, interval in enumerate((4, 50)):  # 6 steps: not a multiple of 4, and shorter than 50
+        run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "6", "--trainer.log_every_n_steps", str(interval))
+        scalars = read_scalars(version_dir(tmp_path, version))
+        expected = [3, 5] if interval == 4 else [5]
+        for tag in ("train/loss", "train/lr", "train/graphs_seen"):
+            assert [s for s, _ in scalars[tag]] == expected, (interval, tag)
+
+
 def test_short_training_run_lowers_the_loss(run_cli, tiny_config, tmp_path):
     run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps", "60", "--model.lr", "3e-3")
     losses = [v for _, v in read_scalars(version_dir(tmp_path))["train/loss"]]
