@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime
 import errno
+import math
 import os
 from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import yaml
 
-from nfl.errors import OptionError, UserInputError, require
+from nfl.errors import OptionError, UserInputError, in_range, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective
 
@@ -75,6 +76,31 @@ def check_yaml_syntax(args: Sequence[str]) -> None:
             raise UserInputError(f"{where}: YAML syntax error: {err.problem}{context}; fix the config file.") from None
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise UserInputError(f"{path}: not a YAML config file ({err}).") from None
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything hands the value to
+
+
+def check_parsed_values(config: Any) -> None:
+    """Refuse, as soon as the command line is parsed, a ``seed_everything`` numpy cannot take and a NaN or
+    infinite number anywhere in the config (no option of nfl or Lightning means anything by them)."""
+    section = config[config.subcommand] if config.get("subcommand") else config
+    seed = section.get("seed_everything")
+    if not isinstance(seed, bool) and isinstance(seed, int):
+        in_range("", "seed_everything", seed, 0, SEED_MAX, advice="or true for a random seed, false for none")
+    for path, value in _leaves(section):
+        require(not isinstance(value, float) or math.isfinite(value), "", path, value, "give a finite number")
+
+
+def _leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """``(option path, value)`` of every leaf of a parsed config (lists indexed as ``option[i]``)."""
+    if hasattr(value, "__dict__") and type(value).__name__ == "Namespace":
+        value = vars(value)
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, f"{path}[{i}]")]
+    return [(path, value)]
 
 
 def check_run_config(config: Any, subcommand: Optional[str]) -> None:
