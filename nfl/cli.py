@@ -29,6 +29,7 @@ from nfl.config_checks import (
 from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
+from nfl.option_types import check_config_values
 from nfl.preflight import announce, size_check
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise, silence_resume_noise
 from nfl.runs import checkpoint_file, refuse_contradictions, settle_log_folder
@@ -101,6 +102,7 @@ class NFLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_config_values(config, GraphSystem, Trainer)
         check_run_config(config, self.subcommand)
         if self.subcommand:
             settle_log_folder(config, self.subcommand)
@@ -113,7 +115,10 @@ class NFLCLI(LightningCLI):
             announce(estimate)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (ValueError, TypeError) as err:  # Lightning's own complaints about trainer options
+            raise UserInputError(f"trainer: {' '.join(str(err).split())}") from err
         use_atomic_checkpoints(trainer)
         return trainer
 

@@ -114,6 +114,12 @@ def check_run_config(config: Any, subcommand: Optional[str]) -> None:
                 f"the model's settings; set {OPTIMISER_OPTIONS} instead",
             )
     trainer = config.get("trainer")
+    logger = trainer.get("logger") if trainer is not None else None
+    suffix = logger.get("init_args", {}).get("filename_suffix") if hasattr(logger, "get") else None
+    require(
+        not isinstance(suffix, str) or "/" not in suffix and os.sep not in suffix, "trainer.logger.init_args",
+        "filename_suffix", suffix, "is appended to the event file's name; give one without a path separator",
+    )
     if subcommand != "fit" or trainer is None:
         return
     if not trainer.get("fast_dev_run"):  # fast_dev_run sets its own step count
@@ -183,8 +189,12 @@ def _read_only_mount(path: str) -> bool:
 
 
 def os_error_line(err: OSError) -> Optional[str]:
-    """One line for a permission or read-only-filesystem error met while running, or None for other errors."""
+    """One line for a permission, read-only-filesystem, name-too-long, full-disk or missing-folder error met while
+    running, or None for other errors."""
+    where = f" {err.filename}" if err.filename else ""
     if isinstance(err, PermissionError) or err.errno == errno.EROFS:
-        where = f" {err.filename}" if err.filename else ""
         return f"cannot write{where}: {err.strerror}; choose a writable folder (e.g. --trainer.default_root_dir DIR)."
+    if err.errno in (errno.ENAMETOOLONG, errno.ENOSPC) or (err.errno == errno.ENOENT and err.filename):
+        return f"cannot open{where}: {err.strerror}; check the folder and file names the run writes to (e.g. " \
+               "--trainer.default_root_dir DIR, the logger's save_dir, name and filename_suffix)."
     return None

@@ -31,8 +31,7 @@ CASE_TIMEOUT = 90.0  # a case still running then is a hang
 DEFAULT_CASES, SLOW_CASES = 8, 400
 
 # The tiny run's own options, which every case starts from (the fuzzed ones come after and override).
-BASE = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.init_args.n_test=16",
-        "--trainer.enable_checkpointing=false"]
+BASE = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.init_args.n_test=16"]
 
 INTS = ["-1", "0", "1", "3", "1000000000000", "9223372036854775808", "-9223372036854775809", "nan", "inf", "abc",
         "1.5", "", "[]", "null"]
@@ -159,12 +158,15 @@ def check(done: dict[str, Any], what: str) -> str:
 def fuzz(cases: Cases, tmp: Path, n: int, seed: int, variants: list[list[str]]) -> list[str]:
     (tmp / "tiny.yaml").write_text(TINY_CONFIG)
     surfaces = [(v, surface(cases, tmp, v)) for v in variants]
+    plain = cases.run("nfl", ["fit", "--config", str(tmp / "tiny.yaml"), *BASE], tmp)
+    assert plain["status"] == 0, plain["stderr"][-3000:]  # the cases start from a run that works
     failures = []
     for i, args in enumerate(draw(random.Random(seed), surfaces, n)):
         folder = tmp / f"case{i}"
         folder.mkdir()
         done = cases.run("nfl", ["fit", "--config", str(tmp / "tiny.yaml"), *BASE, *args], folder)
         problem = check(done, " ".join(args))
+        print(f"case {i}: status {done['status']} in {done['seconds']:.1f} s {problem or 'ok'}: {' '.join(args)}")
         if problem:
             tail = "\n    ".join(done["stderr"].splitlines()[-6:])
             failures.append(f"{' '.join(args)}: {problem}\n    {tail}")
