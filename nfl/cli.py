@@ -24,11 +24,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.callbacks import KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss, progress_bar
+from nfl.checkpoint_origin import refuse_foreign
 from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
-from nfl.config_checks import check_run_config, check_writable, check_yaml_syntax, locate, os_error_line
+from nfl.config_checks import (
+    check_parsed_values, check_run_config, check_writable, check_yaml_syntax, locate, os_error_line,
+)
 from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
 from nfl.memory import keep_freed_memory
+from nfl.option_types import check_config_values
+from nfl.preflight import announce, size_check
 from nfl.quiet import silence_dependency_noise, silence_evaluation_noise, silence_resume_noise
 from nfl.runs import checkpoint_file, refuse_contradictions, run_folder, settle_log_folder
 from nfl.signals import StopOnSignal
@@ -72,17 +77,20 @@ class NFLCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
+        check_parsed_values(self.config)  # before LightningCLI seeds with seed_everything
         # LightningCLI reads --ckpt_path next and replaces the model options by the checkpoint's: a missing or
         # broken file, or options that contradict it, are one line here, before anything is written.
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         ckpt = checkpoint_file(config.get("ckpt_path")) if config is not None else None
         if ckpt is not None:
-            saved = legacy_task(read_checkpoint(ckpt, mmap=True).get("hyper_parameters") or {})
+            checkpoint = read_checkpoint(ckpt, mmap=True)
+            saved = legacy_task(checkpoint.get("hyper_parameters") or {})
             keys = WEIGHT_OPTIONS + (OPTIMIZER_OPTIONS if subcommand == "fit" else ())
             given = config.model.clone()  # the task and encoding come from the data module, as the links will
             data = config.data.as_dict() if hasattr(config.data, "as_dict") else config.data
             given.task, given.reverse = task_spec(task_from_data(data)), reverse_of(data)
+            refuse_foreign(ckpt, checkpoint, saved, given, GraphSystem)
             shorthand = str(data.get("class_path", "")).endswith("PathStarDataModule")  # degree etc. on the data
             where = "data.init_args" if shorthand else "data.init_args.task.init_args"
             refuse_contradictions(ckpt, saved, given, keys, {"task": where, "reverse": "data.init_args.reverse"})
@@ -112,14 +120,17 @@ class NFLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_config_values(config, GraphSystem, Trainer)
         check_run_config(config, self.subcommand)
         if self.subcommand:
             settle_log_folder(config, self.subcommand)
 
     def instantiate_classes(self) -> None:
+        estimate = size_check(self.parser, self.config, self.subcommand) if self.subcommand else None
         super().instantiate_classes()
         if self.subcommand:
             check_writable(self.trainer)
+            announce(estimate)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         self.run_folder = None
@@ -131,7 +142,10 @@ class NFLCLI(LightningCLI):
             callbacks = config["callbacks"] if isinstance(config["callbacks"], list) else [c for c in [config["callbacks"]] if c]
             if not any(isinstance(c, ProgressBar) for c in callbacks):  # one style, not rich's where installed
                 config["callbacks"] = [*callbacks, progress_bar()]
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except (ValueError, TypeError) as err:  # Lightning's own complaints about trainer options
+            raise UserInputError(f"trainer: {' '.join(str(err).split())}") from err
         use_atomic_checkpoints(trainer)
         return trainer
 
@@ -165,6 +179,7 @@ def parse_error_line(message: str) -> str:
     keys = re.findall(r'Parser key "([^"]+)"', message)
     reasons = [line for line in lines if not _NOISE.match(line)]
     reason = reasons[-1] if reasons else (lines[-1] if lines else message)
+    reason = reason.removeprefix("- ")
     where = f"{'.'.join(keys)}: " if keys and not reason.startswith(keys[0]) else ""
     return f"{where}{reason.rstrip('.')}. See python -m nfl fit --help, or --data.help / --model.backbone.help CLASS."
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime
 import errno
+import math
 import os
 from typing import Any, Optional, Sequence
 
 import lightning.pytorch as pl
 import yaml
 
-from nfl.errors import OptionError, UserInputError, require
+from nfl.errors import OptionError, UserInputError, in_range, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective
 
@@ -77,6 +78,31 @@ def check_yaml_syntax(args: Sequence[str]) -> None:
             raise UserInputError(f"{path}: not a YAML config file ({err}).") from None
 
 
+SEED_MAX = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything hands the value to
+
+
+def check_parsed_values(config: Any) -> None:
+    """Refuse, as soon as the command line is parsed, a ``seed_everything`` numpy cannot take and a NaN or
+    infinite number anywhere in the config (no option of nfl or Lightning means anything by them)."""
+    section = config[config.subcommand] if config.get("subcommand") else config
+    seed = section.get("seed_everything")
+    if not isinstance(seed, bool) and isinstance(seed, int):
+        in_range("", "seed_everything", seed, 0, SEED_MAX, advice="or true for a random seed, false for none")
+    for path, value in _leaves(section):
+        require(not isinstance(value, float) or math.isfinite(value), "", path, value, "give a finite number")
+
+
+def _leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """``(option path, value)`` of every leaf of a parsed config (lists indexed as ``option[i]``)."""
+    if hasattr(value, "__dict__") and type(value).__name__ == "Namespace":
+        value = vars(value)
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, f"{path}[{i}]")]
+    return [(path, value)]
+
+
 def check_run_config(config: Any, subcommand: Optional[str]) -> None:
     """Refuse Lightning options that cannot work with nfl; ``config`` is the subcommand's parsed namespace."""
     for option in ("optimizer", "lr_scheduler"):
@@ -88,6 +114,12 @@ def check_run_config(config: Any, subcommand: Optional[str]) -> None:
                 f"the model's settings; set {OPTIMISER_OPTIONS} instead",
             )
     trainer = config.get("trainer")
+    logger = trainer.get("logger") if trainer is not None else None
+    suffix = logger.get("init_args", {}).get("filename_suffix") if hasattr(logger, "get") else None
+    require(
+        not isinstance(suffix, str) or "/" not in suffix and os.sep not in suffix, "trainer.logger.init_args",
+        "filename_suffix", suffix, "is appended to the event file's name; give one without a path separator",
+    )
     if subcommand != "fit" or trainer is None:
         return
     if not trainer.get("fast_dev_run"):  # fast_dev_run sets its own step count
@@ -157,8 +189,12 @@ def _read_only_mount(path: str) -> bool:
 
 
 def os_error_line(err: OSError) -> Optional[str]:
-    """One line for a permission or read-only-filesystem error met while running, or None for other errors."""
+    """One line for a permission, read-only-filesystem, name-too-long, full-disk or missing-folder error met while
+    running, or None for other errors."""
+    where = f" {err.filename}" if err.filename else ""
     if isinstance(err, PermissionError) or err.errno == errno.EROFS:
-        where = f" {err.filename}" if err.filename else ""
         return f"cannot write{where}: {err.strerror}; choose a writable folder (e.g. --trainer.default_root_dir DIR)."
+    if err.errno in (errno.ENAMETOOLONG, errno.ENOSPC) or (err.errno == errno.ENOENT and err.filename):
+        return f"cannot open{where}: {err.strerror}; check the folder and file names the run writes to (e.g. " \
+               "--trainer.default_root_dir DIR, the logger's save_dir, name and filename_suffix)."
     return None

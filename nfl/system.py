@@ -26,6 +26,8 @@ import lightning.pytorch as pl
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+import nfl
+from nfl.checkpoint_origin import NFL_VERSION
 from nfl.data.codec import EncodedBatch, NumeralCodec
 from nfl.errors import UserInputError, above, at_least, in_range, require
 from nfl.metrics import AnswerMetrics, read_answers
@@ -176,6 +178,7 @@ class GraphSystem(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[GRAPHS_SEEN] = self.graphs_seen
+        checkpoint[NFL_VERSION] = nfl.__version__  # so that an older nfl can say a newer one wrote it
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.graphs_seen = checkpoint.get(GRAPHS_SEEN)

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
 
 from nfl.errors import UserInputError
+from nfl.preflight import host_memory, human, sampling_bytes
 from nfl.tasks.base import GraphTask
 from nfl.tasks.config import task_from_data
 from nfl.tasks.path_star import PathStar
 
 CHUNK = 1 << 16  # graphs drawn and written at a time: the sampler's and the formatter's fast batch size
+LABELS_AT_A_TIME = 1 << 27  # fewer graphs at a time where their label shuffles would hold more than this
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,12 +66,47 @@ def task_of(args: argparse.Namespace) -> GraphTask:
     return PathStar(**sizes)
 
 
+def text_bytes(task: GraphTask, n: int) -> int:
+    """An upper bound on the size of ``n`` graphs of ``task`` as text: every token a label of the most digits,
+    each followed by one separator (``,``, ``|``, ``/``, ``=`` or the newline)."""
+    tokens = 2 * task.max_edges + 2 + task.target_len
+    return n * tokens * (len(str(max(task.num_nodes - 1, 0))) + 1)
+
+
+def fit_on_this_machine(task: GraphTask, n: int, out: str) -> int:
+    """Refuse output larger than the free disk under ``out``, or graphs the sampler cannot hold in memory;
+    return how many graphs to draw at a time (:data:`CHUNK`, fewer for a task of very many labels)."""
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)  # the folders to create do not exist yet: their disk is the parent's
+    size, free = text_bytes(task, n), shutil.disk_usage(folder).free
+    if os.path.isfile(out):
+        free += os.path.getsize(out)  # replaced by the new file
+    if size > free:
+        raise UserInputError(
+            f"--n {n}: {task.describe()} graphs would take about {human(size)}, more than the {human(free)} free "
+            f"on the disk of {folder}; lower --n or choose another --out."
+        )
+    chunk = max(1, min(CHUNK, LABELS_AT_A_TIME // max(task.num_nodes, 1)))  # the task's alone: files stay seeded
+    memory, need = host_memory(), sampling_bytes(task, min(chunk, n))
+    if need > memory.total:
+        raise UserInputError(
+            f"--num-nodes {task.num_nodes}: drawing graphs of {task.describe()} needs about {human(need)} "
+            f"(each one shuffles all {task.num_nodes} labels), more than {memory.what}; lower --num-nodes."
+        )
+    if need > memory.free:
+        print(f"warning: drawing these graphs needs about {human(need)}, more than the {human(memory.free)} free "
+              "now; the command may run out of memory.", file=sys.stderr)
+    return chunk
+
+
 def generate(task: GraphTask, n: int, seed: int, out: str, exclude: Optional[str] = None) -> None:
     """Write ``n`` graphs of ``task`` drawn from ``seed`` to ``out``, outside the graphs of ``exclude``."""
     if os.path.isdir(out):
         raise UserInputError(f"--out {out} is a folder; give the path of the file to write.")
     if exclude and not os.path.isfile(exclude):
         raise UserInputError(f"--exclude {exclude}: no such file; give an existing data file (e.g. the test set).")
+    chunk = fit_on_this_machine(task, n, out)
     excluded = np.unique(task.graph_keys(task.read_file(exclude)[0])) if exclude else None
     rng = np.random.default_rng(seed)
     from nfl.tasks.text import format_text
@@ -76,8 +114,8 @@ def generate(task: GraphTask, n: int, seed: int, out: str, exclude: Optional[str
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "wb") as f:
-            for start in range(0, n, CHUNK):
-                prefix, target = task.sample_excluding(rng, min(CHUNK, n - start), excluded)
+            for start in range(0, n, chunk):
+                prefix, target = task.sample_excluding(rng, min(chunk, n - start), excluded)
                 f.write(format_text(task, prefix, target))
     except OSError as err:
         raise UserInputError(f"--out {out}: cannot write it ({err.strerror}); choose a writable path.") from None

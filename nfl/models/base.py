@@ -125,6 +125,18 @@ class Backbone(nn.Module):
     def unembed(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., V)
         raise NotImplementedError
 
+    def activation_bytes(self, batch_size: int, seq_len: int, value_bytes: int) -> int:
+        """Activations one training step keeps for backward, for the pre-flight size check (:mod:`nfl.preflight`).
+
+        The default is a Transformer's (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+        Transformer Models", eq. 1): ``s b h (34 + 5 a s / h)`` bytes a layer at 2 bytes a value, scaled to
+        ``value_bytes``; it counts the ``a s^2`` attention scores as stored, an upper bound where attention
+        runs fused. ``n_layer`` and ``n_head`` are read from the backbone (1 where it has none).
+        """
+        s, b, h = seq_len, batch_size, self.d_model
+        a, layers = getattr(self, "n_head", 1), getattr(self, "n_layer", 1)
+        return int(layers * s * b * h * (34 + 5 * a * s / h) * value_bytes / 2)
+
     def codec(self, task: GraphTask) -> NumeralCodec:
         """Translation between the task's numeral batches and this backbone's tokens (default: none needed)."""
         return NumeralCodec(task)

@@ -173,6 +173,9 @@ class HFCausalLM(Backbone):
                 self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         config = self.lm.config
         self.d_model = config.hidden_size
+        # Read by the pre-flight size check's activation estimate (Backbone.activation_bytes).
+        self.n_layer = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 1)
+        self.n_head = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 1)
         self.vocab_size = self.lm.get_output_embeddings().out_features
         self.max_seq_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 1 << 30)
         pad = self.tokenizer.pad_token_id

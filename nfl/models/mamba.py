@@ -218,6 +218,17 @@ class Mamba(Backbone):
         self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
         self._init_weights()
 
+    def activation_bytes(self, batch_size: int, seq_len: int, value_bytes: int) -> int:
+        """Activations one training step keeps (:mod:`nfl.preflight`): per layer and token the scan's float32
+        states h_t (``d_inner x d_state``, what the stepwise scan stores for its backward), about 16 values of
+        width ``d_inner`` (projections, convolution, gate, step sizes) and 4 of width ``d_model``."""
+        mixer = self.layers[0].mixer if len(self.layers) else None
+        if mixer is None:
+            return 0
+        E, N = mixer.d_inner, mixer.d_state
+        per_token = E * N * 4 + (16 * E + 4 * self.d_model) * value_bytes
+        return int(self.n_layer * batch_size * seq_len * per_token)
+
     def _init_weights(self) -> None:
         """As ``mamba_ssm``'s ``_init_weights``: N(0, 0.02) embedding, zero biases (except Δ's), and the
         residual output projections rescaled by 1/sqrt(n_layer) (GPT-2's prenorm-residual scheme)."""
