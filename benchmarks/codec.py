@@ -1,7 +1,7 @@
 """Cost of the text codec that pretrained models need: tokenising a batch, and parsing generated answers.
 
 A pretrained model reads its tokenizer's tokens, so each training and evaluation batch is written out in the
-reference text format and tokenised in the main process (nfl.data.codec.TextCodec). This prints that cost per
+reference text format and tokenised in the main process (nfl.tasks.codec.TextCodec). This prints that cost per
 batch, to set against a training step.
 
     python benchmarks/codec.py                         # tiny stand-in tokenizers built as the tests build them

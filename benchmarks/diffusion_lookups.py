@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from nfl.bench import build_or_report
+from nfl.lab.bench import build_or_report
 
 GIVEN = [(), (5,), (1, 5), (4, 5), (1,), (1, 2)]
 

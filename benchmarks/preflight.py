@@ -1,4 +1,4 @@
-"""The pre-flight memory estimate (nfl.preflight) against the peak memory a short run really takes, at two sizes.
+"""The pre-flight memory estimate (nfl.run.preflight) against the peak memory a short run really takes, at two sizes.
 
 Each run is a fresh ``python -m nfl fit`` process (a few training steps, one validation batch); its peak resident
 memory comes from ``getrusage(RUSAGE_CHILDREN)`` after it exits, less the peak of a process that only parses the

@@ -1,6 +1,6 @@
 """Self-speculative vs plain greedy decoding: forward passes and wall time per batch, and identical outputs.
 
-Multi-token heads 2..k draft the next tokens and head 1 verifies them in one pass (nfl.decoding); the output is
+Multi-token heads 2..k draft the next tokens and head 1 verifies them in one pass (nfl.engine.decoding); the output is
 plain greedy decoding's by construction, and the pass count drops only as far as the drafts are right.
 
     python benchmarks/speculative.py --ckpt lightning_logs/version_0/checkpoints/last.ckpt   # e.g. quickstart_mtp
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from nfl.tasks import PathStar
-from nfl.decoding import greedy_decode
+from nfl.engine.decoding import greedy_decode
 from nfl.models.gpt import GPT
 from nfl.objectives import MultiTokenHeads
 from nfl.system import PathStarSystem

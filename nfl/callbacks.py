@@ -16,9 +16,9 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from nfl.engine.metrics import read_answers
 from nfl.errors import UserInputError, at_least, require
-from nfl.metrics import read_answers
-from nfl.provenance import RUN_INFO, provenance
+from nfl.run.provenance import RUN_INFO, provenance
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class KeepLastCheckpoint(Callback):
 
     ModelCheckpoint saves every ``every_n_train_steps``; without this, the steps after the last multiple are
     lost when ``max_steps`` is not a multiple, and so is everything since the last save on Ctrl-C or SIGTERM
-    (:class:`nfl.signals.StopOnSignal` turns those into a stop between steps). Resume with
+    (:class:`nfl.run.signals.StopOnSignal` turns those into a stop between steps). Resume with
     ``--ckpt_path .../checkpoints/last.ckpt``: training continues at that step with the same data stream,
     learning-rate schedule and logged steps. Other exceptions (a second Ctrl-C included) leave the last good
     checkpoint alone.
@@ -273,7 +273,7 @@ class RecordRun(Callback):
 
     Holds the parameter count (each shared tensor once), the number of held-out graphs (the ``n`` of a
     binomial standard error on ``test/exact_match``), the number of processes, and
-    :func:`nfl.provenance.provenance`: the nfl commit (``"unknown"`` outside git), whether the checkout had
+    :func:`nfl.run.provenance.provenance`: the nfl commit (``"unknown"`` outside git), whether the checkout had
     uncommitted changes, and the nfl, torch, lightning and python versions. A resumed run rewrites it.
     """
 

@@ -24,22 +24,21 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from nfl.callbacks import KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss, progress_bar
-from nfl.checkpoint_origin import refuse_foreign
-from nfl.checkpoints import read_checkpoint, use_atomic_checkpoints
-from nfl.config_checks import (
+from nfl.run.checkpoint_origin import refuse_foreign
+from nfl.run.checkpoints import read_checkpoint, use_atomic_checkpoints
+from nfl.run.config_checks import (
     check_parsed_values, check_run_config, check_writable, check_yaml_syntax, locate, os_error_line,
 )
 from nfl.data.datamodule import TaskDataModule
 from nfl.errors import OptionError, UserInputError
-from nfl.memory import keep_freed_memory
-from nfl.option_types import check_config_values
-from nfl.preflight import announce, size_check
-from nfl.quiet import silence_dependency_noise, silence_evaluation_noise, silence_resume_noise
-from nfl.runs import checkpoint_file, refuse_contradictions, run_folder, settle_log_folder
-from nfl.signals import StopOnSignal
+from nfl.run.folders import checkpoint_file, refuse_contradictions, run_folder, settle_log_folder
+from nfl.run.malloc import keep_freed_memory
+from nfl.run.option_types import check_config_values
+from nfl.run.preflight import announce, size_check
+from nfl.run.quiet import silence_dependency_noise, silence_evaluation_noise, silence_resume_noise
+from nfl.run.signals import StopOnSignal
 from nfl.system import GraphSystem
-from nfl.tasks.config import reverse_of, task_from_data, task_spec
-from nfl.tasks.path_star import PathStar
+from nfl.tasks.spec import legacy_task_spec, reverse_of, task_from_data, task_spec
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +190,7 @@ def legacy_task(hparams: dict[str, Any]) -> dict[str, Any]:
         return hparams
     hparams = dict(hparams)
     sizes = {k: hparams.pop(k) for k in ("degree", "path_len", "num_nodes") if k in hparams}
-    hparams["task"] = {"class_path": "nfl.tasks.path_star.PathStar", "init_args": {**task_spec(PathStar())["init_args"], **sizes}}
+    hparams["task"] = legacy_task_spec(sizes)
     return hparams
 
 

@@ -82,3 +82,11 @@ def in_range(
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise OptionError(owner, option, value, f"must be in {interval}" + (f" ({advice})" if advice else ""))
+
+
+def yaml_error_line(path: str, err: Exception, fix: str = "fix the file") -> str:
+    """One line for a YAML parse error: the file, line and column, and what the parser found."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    what = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
+    return f"{where}: not valid YAML ({what}); {fix}."

@@ -7,7 +7,7 @@ evaluation loop.
 
 Logged keys (the user interface, see README): ``train/loss``, ``train/lr``, ``train/graphs_seen`` (training
 graphs drawn so far, summed over ranks, kept in checkpoints so that a resumed run continues it); at validation
-and test the answer metrics and graph diagnostics of :mod:`nfl.metrics` (``{val,test}/loss``, ``exact_match``,
+and test the answer metrics and graph diagnostics of :mod:`nfl.engine.metrics` (``{val,test}/loss``, ``exact_match``,
 ``free/pos_{i}``, ``tf/pos_{i}``, ``decision_acc``, ``chance``, ``tf/decision_acc``, ``tf/non_decision_acc``,
 ``edge_follow_rate``, ``valid_path_rate``, ``reaches_goal_rate``), then the task's own diagnostics (path-star:
 ``tf/pos_ge3``, ``wrong_arm_rate``), ``scratchpad/exact_match`` where the task has a scratchpad (the answer
@@ -27,19 +27,18 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 import nfl
-from nfl.checkpoint_origin import NFL_VERSION
-from nfl.data.codec import EncodedBatch, NumeralCodec
+from nfl.engine.metrics import AnswerMetrics, read_answers
+from nfl.engine.schedules import warmup_cosine
 from nfl.errors import UserInputError, above, at_least, in_range, require
-from nfl.metrics import AnswerMetrics, read_answers
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, target_cross_entropy
 from nfl.objectives.teacher_forcing import TeacherForcing
-from nfl.schedules import warmup_cosine
+from nfl.run.checkpoint_origin import NFL_VERSION
 from nfl.tasks.base import IGNORE_INDEX, GraphTask
-from nfl.tasks.config import task_from_spec, task_spec
-from nfl.tasks.path_star import PathStar
+from nfl.tasks.codec import EncodedBatch, NumeralCodec
 from nfl.tasks.scratchpad import refuse_reverse
 from nfl.tasks.scratchpad_metrics import ScratchpadMatch
+from nfl.tasks.spec import default_task, task_from_spec, task_spec
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +109,7 @@ class GraphSystem(pl.LightningModule):
             warnings.filterwarnings("ignore", message=r"Attribute 'objective' is an instance of `nn.Module`")
             self.save_hyperparameters()
         # Checkpoints record the task as plain {class_path, init_args}, so they load without unpickling it.
-        task = PathStar() if task is None else task_from_spec(task) if isinstance(task, dict) else task
+        task = default_task() if task is None else task_from_spec(task) if isinstance(task, dict) else task
         self.hparams["task"] = task_spec(task)
         self.task = task
         self.objective = objective if objective is not None else TeacherForcing()

@@ -88,13 +88,13 @@ class TaskMetrics:
     node predictions the way the system feeds them."""
 
     def __init__(self, task, reverse: bool = False) -> None:
-        from nfl.metrics import AnswerMetrics
+        from nfl.engine.metrics import AnswerMetrics
 
         self.task, self.reverse = task, reverse
         self.metrics = [AnswerMetrics(task, reverse)] + [m for m in [task.diagnostics(reverse)] if m is not None]
 
     def update(self, prefix, target, free, tf, loss, well_formed=None, free_len=None) -> None:
-        from nfl.metrics import read_answers
+        from nfl.engine.metrics import read_answers
 
         read = read_answers(self.task, self.reverse, prefix, target, free, tf, free_len, well_formed)
         for metric in self.metrics:

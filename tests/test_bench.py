@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from nfl import bench
+from nfl.lab import bench
 
 
 def test_timed_reports_the_median_after_warm_up():

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-import nfl.checkpoints
+import nfl.run.checkpoints
 
 from tests.conftest import ROOT, assert_same_series, logged, version_dir
 
@@ -59,7 +59,7 @@ def test_a_save_that_fails_halfway_keeps_the_previous_checkpoint_and_says_why(ru
     run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4")
     checkpoints = version_dir(tmp_path) / "checkpoints"
     before = sorted(p.name for p in checkpoints.iterdir())
-    monkeypatch.setattr(nfl.checkpoints, "open", lambda fd, mode: DiskFillsUp(fd, "w"), raising=False)
+    monkeypatch.setattr(nfl.run.checkpoints, "open", lambda fd, mode: DiskFillsUp(fd, "w"), raising=False)
     with pytest.raises(SystemExit) as done:
         run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=8", "--ckpt_path", str(checkpoints / "last.ckpt"))
     message = done.value.code
@@ -80,7 +80,7 @@ def test_every_periodic_checkpoint_is_kept_or_the_newest_k(run_cli, tiny_config,
     checkpoints = version_dir(tmp_path, 1) / "checkpoints"
     assert {p.name for p in checkpoints.iterdir()} == {"epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt", "last.ckpt"}
     # The disk fills up at the next periodic save: the oldest is deleted only after a new one is written.
-    monkeypatch.setattr(nfl.checkpoints, "open", lambda fd, mode: DiskFillsUp(fd, "w"), raising=False)
+    monkeypatch.setattr(nfl.run.checkpoints, "open", lambda fd, mode: DiskFillsUp(fd, "w"), raising=False)
     with pytest.raises(SystemExit) as done:
         run_cli("fit", "--config", str(tiny_config), *KEEP_TWO, "--ckpt_path", str(checkpoints / "last.ckpt"))
     assert done.value.code.startswith("error: Cannot save checkpoint")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nfl.decoding import greedy_decode
+from nfl.engine.decoding import greedy_decode
 from nfl.models.gpt import GPT
 
 

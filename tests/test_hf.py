@@ -15,9 +15,9 @@ import torch
 
 pytest.importorskip("transformers")
 
-from nfl.data.codec import IGNORE_INDEX, EncodedBatch, TextCodec  # noqa: E402
+from nfl.tasks.codec import IGNORE_INDEX, EncodedBatch, TextCodec  # noqa: E402
 from nfl.tasks import PathStar  # noqa: E402
-from nfl.decoding import greedy_decode  # noqa: E402
+from nfl.engine.decoding import greedy_decode  # noqa: E402
 from nfl.errors import UserInputError  # noqa: E402
 from tests.conftest import TaskMetrics  # noqa: E402
 from nfl.models.hf import HFCausalLM  # noqa: E402

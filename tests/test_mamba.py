@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfl.decoding import greedy_decode
+from nfl.engine.decoding import greedy_decode
 from nfl.errors import UserInputError
 from nfl.models.mamba import Mamba
 from nfl.models.selective_scan import selective_scan, selective_scan_ref

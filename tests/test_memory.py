@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from nfl.memory import keep_freed_memory
+from nfl.run.malloc import keep_freed_memory
 
-PROBE = "from nfl.memory import keep_freed_memory; print(keep_freed_memory())"
+PROBE = "from nfl.run.malloc import keep_freed_memory; print(keep_freed_memory())"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfl.decoding import greedy_decode, speculative_greedy_decode
+from nfl.engine.decoding import greedy_decode, speculative_greedy_decode
 from nfl.errors import UserInputError
 from nfl.models.base import Backbone
 from nfl.models.gpt import GPT

@@ -196,7 +196,7 @@ def test_nextlat_decodes_like_teacher_forcing_and_logs_its_parts():
     torch.testing.assert_close(
         out.loss, out.extras["nextlat/next_token_loss"] + out.extras["nextlat/latent_loss"] + out.extras["nextlat/kl"]
     )
-    from nfl.decoding import greedy_decode
+    from nfl.engine.decoding import greedy_decode
 
     assert torch.equal(objective.decode(backbone, prefix), greedy_decode(backbone, prefix, task.target_len, False))
 

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from nfl import preflight
+from nfl.run import preflight
 from nfl.data.__main__ import main as data_main
 from tests.conftest import ROOT, version_dir
 from tests.test_bad_input import one_error_line
@@ -42,9 +42,9 @@ def test_a_run_no_machine_holds_is_refused_in_one_line_within_seconds(args, word
 
 
 def test_the_estimate_counts_the_parameters_the_run_builds_and_is_logged(run_cli, tiny_config, caplog):
-    with caplog.at_level(logging.INFO, logger="nfl.preflight"):
+    with caplog.at_level(logging.INFO, logger="nfl.run.preflight"):
         cli = run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=1", "--trainer.limit_val_batches=0")
-    lines = [r.getMessage() for r in caplog.records if r.name == "nfl.preflight"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "nfl.run.preflight"]
     count = sum(p.numel() for p in cli.model.parameters())
     assert len(lines) == 1 and lines[0].startswith("memory estimate: ") and f"{count:,} parameters" in lines[0]
     assert f"parameters and AdamW state {preflight.human(16 * count)}" in lines[0]  # 16 bytes a parameter
@@ -52,13 +52,13 @@ def test_the_estimate_counts_the_parameters_the_run_builds_and_is_logged(run_cli
 
 def test_a_slow_step_is_warned_about(run_cli, tiny_config, tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(preflight.FLOPS_PER_SECOND, "cpu", 1.0)  # a machine that does one FLOP a second
-    with caplog.at_level(logging.WARNING, logger="nfl.preflight"):
+    with caplog.at_level(logging.WARNING, logger="nfl.run.preflight"):
         run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=1", "--trainer.limit_val_batches=0")
     assert any("a training step needs about" in r.getMessage() and "days" in r.getMessage() for r in caplog.records)
 
 
 def test_the_address_space_limit_is_what_there_is():
-    code = "from nfl.preflight import host_memory; m = host_memory(); print(m.total, m.what)"
+    code = "from nfl.run.preflight import host_memory; m = host_memory(); print(m.total, m.what)"
     limit = 3 << 30
 
     def cap() -> None:

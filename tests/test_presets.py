@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfl.sweep import load_sweep
+from nfl.lab.sweep.spec import load_sweep
 from tests.conftest import ROOT, tiny_fit
 
 PRESETS = sorted((ROOT / "configs" / "presets").glob("*.yaml"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from nfl.quiet import silence_dependency_noise, silence_evaluation_noise
+from nfl.run.quiet import silence_dependency_noise, silence_evaluation_noise
 from tests.conftest import version_dir
 
 NOISE = (

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfl.decoding import greedy_decode
+from nfl.engine.decoding import greedy_decode
 from nfl.errors import OptionError
 from nfl.models import GPT, Mamba
 from nfl.objectives import SequentialMultiToken, TeacherForcing, TokenOrder

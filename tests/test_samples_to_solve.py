@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from nfl.report import NOT_SOLVED, binomial_se, samples_to_solve, solve_cell, value_at
+from nfl.lab.report.logs import NOT_SOLVED, binomial_se, samples_to_solve, solve_cell, value_at
 from tests.conftest import read_scalars, version_dir
 
 STOP = ["--trainer.callbacks+=nfl.callbacks.StopWhenSolved"]

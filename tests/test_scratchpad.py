@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nfl.data.codec import NumeralCodec
+from nfl.tasks.codec import NumeralCodec
 from nfl.data.datamodule import TaskDataModule, _to_batch
 from nfl.errors import UserInputError
 from nfl.models import GPT

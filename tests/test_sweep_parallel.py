@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from nfl.sweep import DONE, load_sweep, shard_of, slot_environments, visible_gpus
+from nfl.lab.sweep.processes import slot_environments, visible_gpus
+from nfl.lab.sweep.spec import DONE, load_sweep, shard_of
 from nfl.sweep import main as sweep_main
 from tests.conftest import ROOT
 from tests.test_interrupt import steps_logged, wait_for

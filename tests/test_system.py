@@ -9,7 +9,7 @@ import torch
 
 from nfl.models.gpt import GPT
 from nfl.objectives import Teacherless
-from nfl.schedules import warmup_cosine
+from nfl.engine.schedules import warmup_cosine
 from nfl.system import PathStarSystem
 from tests.conftest import read_scalars, version_dir
 

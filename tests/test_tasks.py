@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from nfl.decoding import greedy_decode
+from nfl.engine.decoding import greedy_decode
 from nfl.models.gpt import GPT
 from nfl.objectives import TeacherForcing
 from nfl.objectives.base import Objective, Reservation, target_cross_entropy
 from nfl.system import GraphSystem
 from nfl.tasks import DagSearch, PathStar, TreeStar
 from nfl.tasks.base import IGNORE_INDEX
-from nfl.tasks.config import task_from_spec, task_spec
+from nfl.tasks.spec import task_from_spec, task_spec
 from tests.conftest import ROOT, TaskMetrics
 
 VARIED = PathStar(degree=3, arm_lengths=(3, 6), goal="any", num_nodes=30)

@@ -21,10 +21,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from nfl.errors import UserInputError
-from nfl.preflight import host_memory, human, sampling_bytes
-from nfl.tasks.base import GraphTask
-from nfl.tasks.config import task_from_data
+from nfl.run.preflight import host_memory, human, sampling_bytes
+from nfl.tasks.base import GraphTask, check_task, checked_sample
 from nfl.tasks.path_star import PathStar
+from nfl.tasks.spec import task_from_data
+from nfl.tasks.text import format_text
 
 CHUNK = 1 << 16  # graphs drawn and written at a time: the sampler's and the formatter's fast batch size
 LABELS_AT_A_TIME = 1 << 27  # fewer graphs at a time where their label shuffles would hold more than this
@@ -107,9 +108,9 @@ def generate(task: GraphTask, n: int, seed: int, out: str, exclude: Optional[str
     if exclude and not os.path.isfile(exclude):
         raise UserInputError(f"--exclude {exclude}: no such file; give an existing data file (e.g. the test set).")
     chunk = fit_on_this_machine(task, n, out)
+    checked_sample(task, np.random.default_rng([seed, 1]), 1)  # the sampler keeps the contract (own stream)
     excluded = np.unique(task.graph_keys(task.read_file(exclude)[0])) if exclude else None
     rng = np.random.default_rng(seed)
-    from nfl.tasks.text import format_text
 
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -129,6 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.seed < 0:
             raise UserInputError(f"--seed must be >= 0, got {args.seed}.")
         task = task_of(args)
+        check_task(task)
         generate(task, args.n, args.seed, args.out, args.exclude)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

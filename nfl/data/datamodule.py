@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nfl.errors import UserInputError, at_least, require
-from nfl.tasks.base import GraphTask
+from nfl.tasks.base import GraphTask, check_task, checked_sample
 from nfl.tasks.path_star import PathStar
 from nfl.tasks.scratchpad import refuse_reverse, write_scratchpads
 
@@ -188,6 +188,7 @@ class TaskDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         me = type(self)
+        check_task(task)
         self.task = task
         at_least(me, "batch_size", batch_size, 1)
         at_least(me, "eval_batch_size", eval_batch_size, 1, "or null for batch_size")
@@ -236,9 +237,11 @@ class TaskDataModule(pl.LightningDataModule):
         if self.test_graphs is None:
             if self.test_file:
                 self.test_graphs = self.task.read_file(self.test_file)
+                if not self.train_file:  # training graphs are sampled: check the sampler once on a graph of its own
+                    checked_sample(self.task, np.random.default_rng([self.seed, _TEST]), 1)
             else:
                 rng = np.random.default_rng([self.test_seed, _TEST])
-                self.test_graphs = self.task.sample(rng, self.n_test)
+                self.test_graphs = checked_sample(self.task, rng, self.n_test)  # the first batch, checked
             if self.exclude_test:
                 self._excluded = np.unique(self.task.graph_keys(self.test_graphs[0]))
         if stage in (None, "fit", "validate") and self.train_graphs is None:

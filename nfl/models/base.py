@@ -12,8 +12,8 @@ updates the cache in place. ``backbone.rewind_cache(cache, pos)`` forgets every 
 the answer on a copy of the prefix's cache and decodes from the original when the cache cannot rewind.
 
 ``backbone.codec(task)`` says which tokens the backbone reads: nfl's own backbones read the reference numeral
-tokens (:class:`~nfl.data.codec.NumeralCodec`); a pretrained model reads its tokenizer's
-(:class:`~nfl.data.codec.TextCodec`).
+tokens (:class:`~nfl.tasks.codec.NumeralCodec`); a pretrained model reads its tokenizer's
+(:class:`~nfl.tasks.codec.TextCodec`).
 
 ``backbone(idx, output_from=k)`` returns hidden states for positions ``k..T-1`` of ``idx`` only: objectives need
 outputs at the answer positions, and decoding needs the last one. Earlier positions still condition them; a
@@ -45,9 +45,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from nfl.data.codec import NumeralCodec
 from nfl.errors import UserInputError
 from nfl.tasks.base import GraphTask
+from nfl.tasks.codec import NumeralCodec
 
 ATTENTION_MODES = ("causal", "bidirectional")
 
@@ -126,7 +126,7 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def activation_bytes(self, batch_size: int, seq_len: int, value_bytes: int) -> int:
-        """Activations one training step keeps for backward, for the pre-flight size check (:mod:`nfl.preflight`).
+        """Activations one training step keeps for backward, for the pre-flight size check (:mod:`nfl.run.preflight`).
 
         The default is a Transformer's (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
         Transformer Models", eq. 1): ``s b h (34 + 5 a s / h)`` bytes a layer at 2 bytes a value, scaled to

@@ -2,7 +2,7 @@
 
 The paper also fine-tunes pretrained GPT-2 and Pythia models (Bachmann & Nagarajan 2024, §4). Such a model
 reads its own tokenizer's tokens, not nfl's numeral ones: :meth:`HFCausalLM.codec` gives the system a
-:class:`~nfl.data.codec.TextCodec` that writes each batch out in the reference text format, tokenises it, and
+:class:`~nfl.tasks.codec.TextCodec` that writes each batch out in the reference text format, tokenises it, and
 parses generated text back to path nodes, so every objective and metric works unchanged.
 
 Left padding. The codec aligns rows at ``=`` by left-padding prefixes with ``pad_id``. This module masks a
@@ -23,10 +23,10 @@ from typing import Any, Literal, Optional
 import torch
 from torch import nn
 
-from nfl.data.codec import TextCodec
 from nfl.errors import OptionError, UserInputError, require
-from nfl.tasks.base import GraphTask
 from nfl.models.base import Backbone
+from nfl.tasks.base import GraphTask
+from nfl.tasks.codec import TextCodec
 
 log = logging.getLogger(__name__)
 

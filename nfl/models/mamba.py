@@ -219,7 +219,7 @@ class Mamba(Backbone):
         self._init_weights()
 
     def activation_bytes(self, batch_size: int, seq_len: int, value_bytes: int) -> int:
-        """Activations one training step keeps (:mod:`nfl.preflight`): per layer and token the scan's float32
+        """Activations one training step keeps (:mod:`nfl.run.preflight`): per layer and token the scan's float32
         states h_t (``d_inner x d_state``, what the stepwise scan stores for its backward), about 16 values of
         width ``d_inner`` (projections, convolution, gate, step sizes) and 4 of width ``d_model``."""
         mixer = self.layers[0].mixer if len(self.layers) else None

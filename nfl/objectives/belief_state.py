@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from nfl.decoding import continue_greedy, greedy_decode
+from nfl.engine.decoding import continue_greedy, greedy_decode
 from nfl.errors import UserInputError, at_least
 from nfl.models.base import Backbone
 from nfl.objectives.base import (

@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import Metric
 
-from nfl.tasks.base import IGNORE_INDEX, GraphTask
-from nfl.decoding import continue_greedy, continue_speculative, greedy_decode, speculative_greedy_decode
+from nfl.engine.decoding import continue_greedy, continue_speculative, greedy_decode, speculative_greedy_decode
 from nfl.errors import OptionError, at_least, require
 from nfl.models.base import Backbone
+from nfl.tasks.base import IGNORE_INDEX, GraphTask
 from nfl.objectives.base import (
     Objective,
     ObjectiveOutput,

@@ -36,12 +36,12 @@ from typing import Literal, Optional
 
 import torch
 
-from nfl.data.codec import NumeralCodec
 from nfl.errors import UserInputError, at_least, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import ObjectiveOutput, target_cross_entropy
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.tasks.base import GraphTask
+from nfl.tasks.codec import NumeralCodec
 
 
 class RankIntoFuture(TeacherForcing):

@@ -44,8 +44,8 @@ from torchmetrics import Metric
 from nfl.errors import OptionError, UserInputError, at_least, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective, ObjectiveOutput, target_cross_entropy
-from nfl.objectives.block import CausalBlock
 from nfl.objectives.multi_token import HeadAccuracy
+from nfl.objectives.sequential_block import CausalBlock
 from nfl.objectives.teacher_forcing import TeacherForcing
 from nfl.tasks.base import IGNORE_INDEX, GraphTask
 

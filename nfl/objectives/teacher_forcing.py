@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from nfl.decoding import continue_greedy, greedy_decode
+from nfl.engine.decoding import continue_greedy, greedy_decode
 from nfl.models.base import Backbone
 from nfl.objectives.base import (
     Objective,

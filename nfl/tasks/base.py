@@ -31,24 +31,20 @@ task's others), and the answer; the answer metrics read the part after the separ
 (:meth:`GraphTask.answer_part`). Without one, ``target`` is the answer and nothing changes.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: jsonargparse reads the annotations a task inherits from
+# GraphTask (``scratchpad: Optional[str]``) in the task's own module, where ``Optional`` may not be imported.
+import dataclasses
 import os
 from typing import Iterable, Optional
 
 import numpy as np
 
-from nfl.errors import UserInputError
+from nfl.errors import UserInputError, at_least, require
+from nfl.tasks.basics import IGNORE_INDEX, DataFileError, InfeasibleGraphError
+from nfl.tasks.scratchpad import answer_columns, check_scratchpad, parse_after_scratchpad, scratchpad_width
+from nfl.tasks.text import format_text, parse_text
 
-IGNORE_INDEX = -100  # answer columns past a row's end: no loss, no metric
-
-
-class InfeasibleGraphError(UserInputError):
-    """Task options that cannot produce a graph (too few labels for the nodes it needs, empty ranges)."""
-
-
-class DataFileError(UserInputError):
-    """A data file that cannot be read as the configured task."""
+__all__ = ["IGNORE_INDEX", "DataFileError", "GraphTask", "InfeasibleGraphError", "check_task", "checked_sample"]
 
 
 class GraphTask:
@@ -94,7 +90,7 @@ class GraphTask:
         raise NotImplementedError
 
     def diagnostics(self, reverse: bool = False):  # -> Optional[torchmetrics.Metric], imported lazily
-        """The task's own metric beside the generic ones (see :mod:`nfl.metrics`), or None."""
+        """The task's own metric beside the generic ones (see :mod:`nfl.engine.metrics`), or None."""
         return None
 
     report_columns: tuple[tuple[str, str], ...] = ()  # (column, test tag) this task adds to the sweep report
@@ -147,7 +143,6 @@ class GraphTask:
     @property
     def scratchpad_len(self) -> int:
         """Columns before the answer in what the model writes: the longest scratchpad and its separator."""
-        from nfl.tasks.scratchpad import scratchpad_width
 
         return scratchpad_width(self)
 
@@ -247,7 +242,6 @@ class GraphTask:
         itself, for the data's own rows; teacher-forced predictions pass the data's ``target``)."""
         if self.scratchpad is None:
             return tokens
-        from nfl.tasks.scratchpad import answer_columns
 
         return answer_columns(self, tokens, tokens if target is None else target)
 
@@ -257,7 +251,6 @@ class GraphTask:
         first separator (none: no nodes, length 0, not well formed)."""
         if self.scratchpad is None:
             return self.parse_answer(tokens)
-        from nfl.tasks.scratchpad import parse_after_scratchpad
 
         return parse_after_scratchpad(self, tokens)
 
@@ -318,7 +311,6 @@ class GraphTask:
     # --- the text format ----------------------------------------------------------------------------
     def format_lines(self, prefix: np.ndarray, target: np.ndarray) -> list[str]:
         """Text lines (no newline) of graphs with *forward* answers."""
-        from nfl.tasks.text import format_text
 
         return format_text(self, prefix, target).decode("ascii").split("\n")[:-1]
 
@@ -328,7 +320,6 @@ class GraphTask:
 
     def write_file(self, path: str | os.PathLike, prefix: np.ndarray, target: np.ndarray) -> None:
         """Write graphs (forward answers) to a text file, one per line, ``\\n``-terminated."""
-        from nfl.tasks.text import format_text
 
         with open(path, "wb") as f:
             for start in range(0, len(prefix), 1 << 16):  # bounded memory for any count
@@ -336,7 +327,6 @@ class GraphTask:
 
     def parse_lines(self, lines: Iterable[str], source: str = "<lines>") -> tuple[np.ndarray, np.ndarray]:
         """Parse text lines into ``(prefix, target)``; errors name ``source`` and the line."""
-        from nfl.tasks.text import parse_text
 
         return parse_text(self, lines, source)
 
@@ -357,3 +347,58 @@ def _arange_like(t):
     import torch
 
     return torch.arange(t.shape[1], device=t.device)
+
+
+def _where(task: GraphTask) -> str:
+    options = ", ".join(f"{f.name}={getattr(task, f.name)!r}" for f in dataclasses.fields(task)) if (
+        dataclasses.is_dataclass(task)) else ""
+    return f"{type(task).__name__}({options})"
+
+
+def check_task(task: GraphTask) -> None:
+    """Refuse, in one line, a task whose fields or declared sizes break the contract, so that a task which
+    forgets to check one of its own options still fails with a message rather than deep in numpy. Cheap: it
+    samples nothing (:func:`checked_sample` checks the first batch once the run's size has been checked).
+
+    Checks the fields every task has (``num_nodes``, ``scratchpad``) and the sizes it declares (``max_edges``,
+    ``max_path_len``)."""
+    cls = type(task)
+    num_nodes = getattr(task, "num_nodes", None)
+    require(isinstance(num_nodes, int) and not isinstance(num_nodes, bool), cls, "num_nodes", num_nodes,
+            "must be an integer number of node labels")
+    at_least(cls, "num_nodes", num_nodes, 2, "a path needs a start and a goal")
+    check_scratchpad(task)
+    for name, low in (("max_edges", 1), ("max_path_len", 2)):
+        value = getattr(task, name)
+        if not (isinstance(value, int) and value >= low):
+            raise UserInputError(f"{_where(task)}: these options give {name}={value}, and a task needs at least "
+                                 f"{low}; change the task's options.")
+
+
+def checked_sample(task: GraphTask, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``task.sample(rng, n)``, refused in one line if it fails or breaks the contract: integer arrays of
+    ``(n, prefix_len)`` and ``(n, answer_len)``, prefix tokens in ``0..vocab_size-1``, answers of node labels,
+    ``end`` and :data:`IGNORE_INDEX` only. Used on a run's first sampled batch."""
+    try:
+        prefix, target = task.sample(rng, n)
+    except UserInputError:
+        raise
+    except Exception as err:  # a task's own option it did not check: one line, not a numpy traceback
+        raise UserInputError(f"{_where(task)}: sampling a graph failed ({type(err).__name__}: {err}); the task "
+                             "accepted options it cannot sample, so change them.") from None
+    where = _where(task)
+    for what, array, width in (("prefix", prefix, task.prefix_len), ("target", target, task.answer_len)):
+        if not (isinstance(array, np.ndarray) and np.issubdtype(array.dtype, np.integer) and array.shape == (n, width)):
+            shape = getattr(array, "shape", type(array).__name__)
+            raise UserInputError(f"{where}: sample() returned a {what} of shape {shape}, where the contract is an "
+                                 f"integer array ({n}, {width}); fix the task's sample().")
+    if n and (prefix.min() < 0 or prefix.max() >= task.vocab_size):
+        raise UserInputError(f"{where}: sample() wrote prefix tokens outside 0..{task.vocab_size - 1}; build the "
+                             "prefix with encode_prefix().")
+    allowed = (target == IGNORE_INDEX) | ((target >= 0) & (target < task.num_nodes))
+    if task.end is not None:
+        allowed |= target == task.end
+    if not allowed.all():
+        raise UserInputError(f"{where}: sample() wrote answer tokens that are not node labels 0..{task.num_nodes - 1}"
+                             ", end or IGNORE_INDEX; build the answers with encode_answers().")
+    return prefix, target

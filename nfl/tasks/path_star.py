@@ -30,6 +30,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
+from nfl.tasks.sampling import label_dtype, random_injection, random_permutation, shuffle_suffix
 from nfl.tasks.scratchpad import check_scratchpad
 
 
@@ -249,46 +250,3 @@ def _slot_table(d: int, a: int, lo: int, hi: int) -> np.ndarray:
     table = _slots(lengths, np.cumsum(lengths, axis=1) - lengths, used, a).astype(np.int8)
     table.flags.writeable = False
     return table
-
-
-# --- vectorised draws shared by the tasks -------------------------------------------------------------------
-def label_dtype(num_nodes: int) -> type:
-    """The smallest integer dtype that holds every token id of a task with ``num_nodes`` labels."""
-    for dtype in (np.uint8, np.int16, np.int32):
-        if num_nodes + 6 <= np.iinfo(dtype).max:
-            return dtype
-    return np.int64
-
-
-def random_injection(rng: np.random.Generator, n: int, num_labels: int, k: int, dtype=np.int64) -> np.ndarray:
-    """``(n, k)``: per row ``k`` distinct labels of ``0..num_labels-1``, a uniformly drawn ordered selection
-    (the first ``k`` entries of a uniform random permutation). A partial Fisher-Yates shuffle vectorised over
-    the rows: ``k`` steps, each swapping one column with a uniformly drawn later one."""
-    arr = np.empty((n, num_labels), dtype=dtype)
-    arr[:] = np.arange(num_labels, dtype=dtype)
-    flat = arr.reshape(-1)
-    base = np.arange(n, dtype=np.int64) * num_labels
-    for i in range(min(k, num_labels - 1)):
-        idx = base + rng.integers(i, num_labels, size=n)
-        tmp = flat[idx]
-        flat[idx] = arr[:, i]
-        arr[:, i] = tmp
-    return arr[:, :k]
-
-
-def random_permutation(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """``(n, k)`` int64: a uniform random permutation of ``0..k-1`` per row."""
-    return random_injection(rng, n, k, k, np.int64)
-
-
-def shuffle_suffix(rng: np.random.Generator, arr: np.ndarray, lo: np.ndarray) -> None:
-    """Shuffle ``arr[b, lo[b]:]`` uniformly, in place, for every row ``b`` (vectorised Fisher-Yates)."""
-    n, k = arr.shape
-    flat = arr.reshape(-1)
-    base = np.arange(n, dtype=np.int64) * k
-    for i in range(k - 1):
-        j = np.where(lo <= i, rng.integers(i, k, size=n), i)
-        idx = base + j
-        tmp = flat[idx]
-        flat[idx] = arr[:, i]
-        arr[:, i] = tmp

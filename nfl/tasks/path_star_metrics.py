@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from nfl.metrics import ReadAnswers
-from nfl.tasks.path_star import PathStar
+from nfl.tasks.answers import ReadAnswers
+from nfl.tasks.base import GraphTask
 
 
 class PathStarDiagnostics(Metric):
     full_state_update = False
 
-    def __init__(self, task: PathStar, reverse: bool = False) -> None:
+    def __init__(self, task: GraphTask, reverse: bool = False) -> None:
         super().__init__()
         self.task = task
         for name in ("n", "wrong_arm", "late", "late_tf"):

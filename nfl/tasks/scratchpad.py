@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Union
 import numpy as np
 
 from nfl.errors import require
-from nfl.tasks.base import IGNORE_INDEX, InfeasibleGraphError
+from nfl.tasks.basics import IGNORE_INDEX, InfeasibleGraphError
 
 if TYPE_CHECKING:  # torch only where model outputs are read: the data side (nfl.data generate) is numpy
     import torch

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
-from nfl.tasks.base import IGNORE_INDEX, DataFileError
+from nfl.tasks.basics import DataFileError
 
 if TYPE_CHECKING:
     from nfl.tasks.base import GraphTask

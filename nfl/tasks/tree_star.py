@@ -25,7 +25,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
-from nfl.tasks.path_star import label_dtype, random_injection, random_permutation
+from nfl.tasks.sampling import label_dtype, random_injection, random_permutation
 from nfl.tasks.scratchpad import check_scratchpad
 
 

@@ -1,6 +1,6 @@
 """``decision_acc/depth_{k}``: free-running accuracy at the k-th decision along the path (k = 1 at the start).
 
-A decision is an answer position whose predecessor has more than one outgoing edge (see :mod:`nfl.metrics`);
+A decision is an answer position whose predecessor has more than one outgoing edge (see :mod:`nfl.engine.metrics`);
 on a tree-star graph the k-th one is the choice at the k-th branch point, so this shows how far down the tree
 a model plans correctly.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-from nfl.metrics import ReadAnswers
+from nfl.tasks.answers import ReadAnswers
 
 
 class DecisionsByDepth(Metric):

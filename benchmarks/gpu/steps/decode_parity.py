@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from nfl.bench import build_or_report
+from nfl.lab.bench import build_or_report
 
 
 def decode_all(system, batches, use_cache: bool, autocast) -> torch.Tensor:

@@ -11,7 +11,7 @@ child of the current vertex from which the goal is reachable). Here the target i
 shortest path from the start to the goal, drawn uniformly among all shortest paths (the backtrack from the
 goal picks each predecessor at distance ``d - 1`` with probability proportional to the number of shortest
 paths from the start to it, which makes every shortest path equally likely). ``any_shortest_path = True``
-tells :mod:`nfl.metrics` to count any shortest start-to-goal path as an exact match.
+tells :mod:`nfl.engine.metrics` to count any shortest start-to-goal path as an exact match.
 
 **Labels and edge order.** Vertex labels are a uniform random injection into ``0..N-1`` (the paper: into
 ``1..N``, 0 being reserved; nfl has no reserved id). The edge list is in uniformly random order, as in
@@ -83,8 +83,8 @@ import numpy as np
 
 from nfl.tasks.base import GraphTask, InfeasibleGraphError
 from nfl.tasks.dag_search.graphs import balanced_graphs, naive_edges, random_words, star_graphs, vertex_labels
-from nfl.tasks.scratchpad import check_scratchpad
 from nfl.tasks.dag_search.search import edge_search, edge_trace_back, topo_search, topo_trace_back
+from nfl.tasks.scratchpad import check_scratchpad
 
 _CELLS = 1 << 22  # candidate graphs per round: at most _CELLS // V**2 (the round sizes set the random stream)
 

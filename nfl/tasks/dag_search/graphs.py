@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-from nfl.tasks.path_star import label_dtype, random_injection, shuffle_suffix
+from nfl.tasks.sampling import label_dtype, random_injection, shuffle_suffix
 
 _WORD64 = (np.random.PCG64, np.random.PCG64DXSM, np.random.Philox, np.random.SFC64)  # 64-bit raw outputs
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 import typing
 from typing import Any, Iterator, Optional
 

@@ -4,20 +4,22 @@ Every mistake is one line naming the entry and what to change.
 
 The atlas file lists claims; each claim lists settings (a graph, a model, an objective), each with the published
 number and its source, and one or more nfl sources: the sweep file whose runs measure that setting and the
-folder where its finished runs are kept (TensorBoard events or CSV logs, read with :mod:`nfl.run_logs`), or a report's
-``results.csv``. :mod:`nfl.atlas_rows` measures each setting; :mod:`nfl.atlas` writes the pages.
+folder where its finished runs are kept (TensorBoard events or CSV logs, read with :mod:`nfl.lab.report.logs`), or a report's
+``results.csv``. :mod:`nfl.lab.atlas.rows` measures each setting; :mod:`nfl.lab.atlas.page` writes the pages.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Optional
 
 import yaml
 
-from nfl.errors import UserInputError
-from nfl.run_logs import SOLVED
+from nfl.errors import UserInputError, yaml_error_line
+from nfl.lab.report.logs import SOLVED
+from nfl.lab.sweep.spec import load_sweep
 
 # Keys of each level of the atlas file: (required, optional).
 CLAIM_KEYS = ({"id", "title", "paper", "claim", "settings"}, {"note"})
@@ -63,8 +65,10 @@ def load_atlas(path: str) -> list[dict]:
     try:
         with open(path) as f:
             spec = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as err:
-        raise UserInputError(f"cannot read atlas file {path!r}: {err}") from None
+    except OSError as err:
+        raise UserInputError(f"cannot read atlas file {path!r}: {err.strerror or err}.") from None
+    except yaml.YAMLError as err:
+        raise UserInputError(yaml_error_line(path, err, "fix the atlas file")) from None
     if not isinstance(spec, dict) or set(spec) != {"claims"} or not isinstance(spec["claims"], list):
         keys = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
         raise UserInputError(f"{path}: an atlas file has one key, 'claims', a list of claims (found {keys}).")
@@ -96,14 +100,19 @@ def _check_setting(where: str, setting: Any) -> None:
                              "(no published number found).")
     for key in ("n_test", "budget"):
         given = published.get(key)
-        if given is not None and (isinstance(given, bool) or not isinstance(given, (int, float)) or given <= 0):
+        if given is not None and (isinstance(given, bool) or not isinstance(given, (int, float)) or
+                                  not 0 < given < math.inf):
             raise UserInputError(f"{where}, published.{key}={given!r}: a positive count of graphs, or null if unknown.")
     read_error = published.get("read_error", 0)
-    if isinstance(read_error, bool) or not isinstance(read_error, (int, float)) or read_error < 0:
+    if isinstance(read_error, bool) or not isinstance(read_error, (int, float)) or not 0 <= read_error < math.inf:
         raise UserInputError(f"{where}, published.read_error={read_error!r}: percentage points, at least 0.")
     sources = setting["nfl"] if isinstance(setting["nfl"], list) else [setting["nfl"]]
     for k, source in enumerate(sources):
         _check_keys(f"{where}, nfl[{k}]", source, SOURCE_KEYS)
+        for key in ("sweep", "runs", "logs", "csv", "label"):
+            if key in source and not (isinstance(source[key], str) and source[key]):
+                raise UserInputError(f"{where}, nfl[{k}].{key}={source[key]!r}: give a non-empty string "
+                                     "(a path, or the runs' settings such as objective=reverse).")
         if "logs" in source and "csv" in source:
             raise UserInputError(f"{where}, nfl[{k}]: give 'logs' (a sweep's run folders) or 'csv' (a results.csv), "
                                  "not both.")
@@ -112,7 +121,6 @@ def _check_setting(where: str, setting: Any) -> None:
 
 def sweep_runs(source: dict, where: str) -> tuple[dict, list]:
     """The sweep file's spec and its runs whose settings are ``source['runs']`` (refused when there are none)."""
-    from nfl.sweep_file import load_sweep
 
     if not os.path.isfile(source["sweep"]):
         raise UserInputError(f"{where}: sweep file {source['sweep']!r} not found "

@@ -3,8 +3,8 @@ nfl measured, one page per claim and an index.
 
 One page per claim, with a table row per setting and nfl source, where each nfl number comes from (or the
 command that would produce it), and the rule; the index counts every claim's verdicts. The atlas file and its
-checks are :mod:`nfl.atlas_file`; how a row is measured and judged (:data:`~nfl.atlas_rows.RULE`) is
-:mod:`nfl.atlas_rows`.
+checks are :mod:`nfl.lab.atlas.spec`; how a row is measured and judged (:data:`~nfl.lab.atlas.rows.RULE`) is
+:mod:`nfl.lab.atlas.rows`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from nfl.atlas_file import load_atlas, target_of
-from nfl.atlas_rows import RULE, VERDICTS, Row, rows_of, tolerance, verdict
 from nfl.errors import UserInputError
-from nfl.run_logs import SOLVED
+from nfl.lab.atlas.rows import RULE, VERDICTS, Row, rows_of, tolerance, verdict
+from nfl.lab.atlas.spec import load_atlas, target_of
+from nfl.lab.report.logs import SOLVED
 
 DERIVED = "†"  # marks graphs seen computed from a config, where the run did not log train/graphs_seen
 

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from jsonargparse import Namespace
 
 from nfl.errors import UserInputError
+from nfl.tasks.spec import task_from_spec
 
 # Lightning's names for checkpoints it finds itself; they are not files to inspect here.
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -160,7 +161,6 @@ def refuse_contradictions(ckpt: str, saved: dict[str, Any], given: Namespace, ke
     shown = "; ".join(f"--{_option(k, linked)} is {old!r} in the checkpoint, {new!r} here" for k, old, new in differ)
     graph = ""
     if any(k.split(".")[0] == "task" for k, _, _ in differ) and isinstance(saved.get("task"), dict):
-        from nfl.tasks.config import task_from_spec
 
         graph = f" The checkpoint is for {task_from_spec(saved['task']).describe()}."
     raise UserInputError(

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import yaml
 
-from nfl.atlas_file import settings_name, sweep_runs, target_of
-from nfl.run_logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, solve_cell, solve_text, value_at
+from nfl.lab.atlas.spec import settings_name, sweep_runs, target_of
+from nfl.lab.report.logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, solve_cell, solve_text, value_at
 
 COMPARABLE = 0.5  # nfl's budget counts as comparable to a published run's from this fraction of its graphs seen
 VERDICTS = ("reproduced", "not reproduced at this budget", "contradicted", "not run here", "no published number")

@@ -21,10 +21,12 @@ import yaml
 from nfl.errors import OptionError, UserInputError, in_range, require
 from nfl.models.base import Backbone
 from nfl.objectives.base import Objective
+from nfl.tasks.base import GraphTask
 
 # Where the options of each kind of class sit in a ``python -m nfl`` config (first match wins).
 CONFIG_PREFIXES: tuple[tuple[type, str], ...] = (
     (pl.LightningDataModule, "data.init_args"),
+    (GraphTask, "data.init_args.task.init_args"),
     (Backbone, "model.backbone.init_args"),
     (Objective, "model.objective.init_args"),
     (pl.LightningModule, "model"),

@@ -27,7 +27,6 @@ about too. The estimate is logged in one line at the start of every run.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import resource
 from dataclasses import dataclass, field

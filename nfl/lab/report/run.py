@@ -12,9 +12,9 @@ import glob
 import os
 
 from nfl.errors import UserInputError
-from nfl.report_plots import EXACT_PLOT, plot_exact_match, plot_name, plot_setting
-from nfl.run_logs import binomial_se, load_run
-from nfl.runs import CSV_LOG, STAGE_FOLDERS
+from nfl.lab.report.logs import binomial_se, load_run
+from nfl.lab.report.plots import EXACT_PLOT, plot_exact_match, plot_name, plot_setting
+from nfl.run.folders import CSV_LOG, STAGE_FOLDERS
 
 REPORT = "report.md"
 

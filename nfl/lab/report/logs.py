@@ -3,7 +3,7 @@
 Read: TensorBoard or CSV scalars, ``sweep_run.json``, ``run_info.json`` and the held-out set size. Derived: samples to
 solve, binomial standard errors, values between logged steps.
 
-:mod:`nfl.report` writes its tables and plots from these, and :mod:`nfl.atlas_rows` measures the atlas's rows.
+:mod:`nfl.lab.report.sweep` writes its tables and plots from these, and :mod:`nfl.lab.atlas.rows` measures the atlas's rows.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import os
 import statistics
 from typing import Optional
 
-from nfl.provenance import RUN_INFO
-from nfl.runs import CSV_LOG, STAGE_FOLDERS
-from nfl.sweep_file import DONE
+from nfl.errors import UserInputError
+from nfl.lab.sweep.spec import DONE
+from nfl.run.folders import CSV_LOG, STAGE_FOLDERS
+from nfl.run.provenance import RUN_INFO
+from nfl.tasks.spec import task_from_data
 
 # (csv column, test tag, markdown header) of every task; a task adds its own (GraphTask.report_columns).
 COLUMNS = [
@@ -35,9 +37,6 @@ NOT_SOLVED = math.inf  # the steps and graphs to solve of a run that never solve
 def task_columns(run_dir: str) -> list[tuple[str, str, str]]:
     """The report columns of the task in a run's saved ``config.yaml`` (none when it cannot be read)."""
     import yaml
-
-    from nfl.errors import UserInputError
-    from nfl.tasks.config import task_from_data
 
     try:
         with open(os.path.join(run_dir, "config.yaml")) as f:

@@ -19,6 +19,18 @@ from nfl.tasks.path_star import PathStar
 _PATH_STAR_KEYS = ("degree", "path_len", "num_nodes", "scratchpad")
 
 
+def default_task() -> GraphTask:
+    """The task of a model or checkpoint whose config names none: path-star G(2,5,50), the task of Bachmann &
+    Nagarajan (2024) and every reference config. The one place nfl says what the default task is."""
+    return PathStar()
+
+
+def legacy_task_spec(sizes: dict[str, Any]) -> dict[str, Any]:
+    """The task spec of a checkpoint written before tasks were pluggable: path-star with its saved sizes."""
+    spec = task_spec(default_task())
+    return {"class_path": spec["class_path"], "init_args": {**spec["init_args"], **sizes}}
+
+
 def _import(class_path: str) -> type:
     module, _, name = class_path.rpartition(".")
     try:

@@ -3,7 +3,7 @@
 Each run is every grid combination x seed, less ``exclude``; it has its folder and its ``python -m nfl fit``
 command, and a process runs one shard of them (``--shard I/N`` or a SLURM job array task).
 
-The file's format is in :mod:`nfl.sweep`'s docstring (``python -m nfl.sweep --help``); that module runs the runs.
+The file's format is in :mod:`nfl.lab.sweep.runner`'s docstring (``python -m nfl.sweep --help``); that module runs the runs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-from nfl.errors import UserInputError
+from nfl.errors import UserInputError, yaml_error_line
 
 DONE = "sweep_run.json"
 
@@ -37,27 +37,64 @@ def _cli_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else yaml.safe_dump(value).strip().removesuffix("\n...")
 
 
+MAX_RUNS = 10_000  # a grid larger than this is almost surely a mistake, and listing it would take long
+
+
+def _name_ok(value: Any) -> bool:
+    """A name that can be part of a run's folder name ``axis=setting,seed=n``."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool) and re.fullmatch(r"[^/\\,=\s]+", str(value)) is not None
+
+
 def load_sweep(path: str) -> tuple[dict[str, Any], list[Run]]:
     """Parse and check a sweep file; returns its spec and the expanded list of runs."""
     try:
         with open(path) as f:
             spec = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError) as err:
-        raise UserInputError(f"Cannot read sweep file {path!r}: {err}") from None
+    except OSError as err:
+        raise UserInputError(f"cannot read sweep file {path!r}: {err.strerror or err}.") from None
+    except yaml.YAMLError as err:
+        raise UserInputError(yaml_error_line(path, err, "fix the sweep file")) from None
     if not isinstance(spec, dict) or not {"name", "base", "grid"} <= set(spec):
         raise UserInputError(f"{path}: a sweep file needs 'name', 'base' and 'grid' (see python -m nfl.sweep --help).")
     unknown = set(spec) - {"name", "base", "grid", "seeds", "args", "exclude"}
     if unknown:
-        raise UserInputError(f"{path}: unknown keys {sorted(unknown)}; allowed: name, base, seeds, args, grid, exclude.")
+        raise UserInputError(f"{path}: unknown keys {sorted(map(str, unknown))}; allowed: name, base, seeds, args, grid, exclude.")
+    if not _name_ok(spec["name"]):
+        raise UserInputError(f"{path}: name {spec['name']!r} names the sweep's folder; give one word without /, commas, = or spaces.")
+    spec["name"] = str(spec["name"])
+    if not isinstance(spec["base"], str) or not spec["base"]:
+        raise UserInputError(f"{path}: base is the path of the config every run starts from, e.g. configs/quickstart.yaml.")
     spec["base"] = _find_base(spec["base"], path)
+    seeds = spec.get("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+        raise UserInputError(f"{path}: seeds {seeds!r} is a list of seeds, whole numbers >= 0, e.g. seeds: [0, 1, 2].")
+    if len(set(seeds)) != len(seeds):
+        raise UserInputError(f"{path}: seeds {seeds} repeat a seed; each seed is one run folder, so list it once.")
+    args = spec.get("args", [])
+    if not (isinstance(args, list) and all(isinstance(a, str) for a in args)):
+        raise UserInputError(f"{path}: args is a list of CLI arguments as strings, e.g. [\"--trainer.max_steps=100\"].")
+    spec["args"] = args
     grid = spec["grid"]
-    if not isinstance(grid, dict) or not all(isinstance(v, dict) and v for v in grid.values()):
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, dict) and v for v in grid.values()):
         raise UserInputError(f"{path}: 'grid' maps each axis name to named settings, each a mapping of CLI keys.")
+    for axis, settings in grid.items():
+        if not _name_ok(axis) or str(axis) == "seed":
+            raise UserInputError(f"{path}: grid axis {axis!r}: an axis name is one word without /, commas, = or spaces, and not 'seed'.")
+        for name, values in settings.items():
+            if not _name_ok(name):
+                raise UserInputError(f"{path}: grid setting {axis}: {name!r}: a setting name is one word without /, commas, = or spaces.")
+            if values is not None and not (isinstance(values, dict) and all(isinstance(k, str) and k for k in values)):
+                raise UserInputError(f"{path}: grid setting {axis}={name} maps CLI keys to values, e.g. {{model.lr: 1.0e-3}}.")
+    size = len(seeds)
+    for settings in grid.values():
+        size *= len(settings)
+    if size > MAX_RUNS:
+        raise UserInputError(f"{path}: the grid makes {size:,} runs (more than {MAX_RUNS:,}); split it into several sweep files.")
     runs = []
     axes = list(grid)
     for combo in itertools.product(*(list(grid[a].items()) for a in axes)):
-        for seed in spec.get("seeds", [0]):
-            settings = {axis: name for axis, (name, _) in zip(axes, combo)}
+        for seed in seeds:
+            settings = {str(axis): str(name) for axis, (name, _) in zip(axes, combo)}
             overrides = [f"--{k}={_cli_value(v)}" for _, values in combo for k, v in (values or {}).items()]
             name = ",".join([f"{a}={n}" for a, n in settings.items()] + [f"seed={seed}"])
             runs.append(Run(name, settings, int(seed), overrides))
@@ -78,7 +115,7 @@ def _exclusions(rules: Any, grid: dict[str, Any], path: str) -> list[dict[str, s
             if axis != "seed":
                 if axis not in grid:
                     raise UserInputError(f"{path}: exclude names axis {axis!r}; the grid's axes are {sorted(grid)} (and seed).")
-                missing = [n for n in names if n not in grid[axis]]
+                missing = [n for n in names if str(n) not in {str(k) for k in grid[axis]}]
                 if missing:
                     raise UserInputError(f"{path}: exclude names {axis}={missing[0]}, which is not a setting of {axis} ({', '.join(grid[axis])}).")
             checked[axis] = {str(n) for n in names}
@@ -108,7 +145,6 @@ def _find_base(base: str, sweep_path: str) -> str:
 
 def run_dir(logs: str, sweep_name: str, run: Run) -> str:
     return os.path.join(logs, sweep_name, run.name)
-
 
 
 def command(spec: dict[str, Any], run: Run, logs: str, ckpt_path: Optional[str] = None) -> list[str]:

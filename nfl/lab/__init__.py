@@ -1,0 +1,1 @@
+"""Tools over many runs: sweeps, reports, the reproduction atlas, the benchmark."""

@@ -1,0 +1,1 @@
+"""The reproduction atlas: each published path-star claim beside what nfl measures."""

@@ -1,0 +1,1 @@
+"""The plumbing around a run: checkpoints, run folders, config checks, pre-flight, signals, provenance."""
