@@ -1,4 +1,4 @@
-"""The reproduction atlas (nfl.atlas, ``python -m nfl.report --atlas``): the verdict rule on hand-made numbers, the
+"""The reproduction atlas (nfl.lab.atlas.page, ``python -m nfl.report --atlas``): the verdict rule on hand-made numbers, the
 tables written from a small sweep folder of real TensorBoard event files, one-line refusals of a bad atlas file,
 and the committed pages being what the committed atlas file and logs give."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nfl.atlas import Row, load_atlas, tolerance, verdict, write_atlas
+from nfl.lab.atlas.page import Row, load_atlas, tolerance, verdict, write_atlas
 from nfl.errors import UserInputError
 from nfl.report import main
 from tests.conftest import ROOT, TINY_CONFIG
@@ -169,6 +169,11 @@ def test_the_pages_give_each_settings_measured_and_published_numbers(demo, capsy
     (lambda a: a["claims"][0]["settings"][0]["nfl"].update(runs="objective=z"), "has the settings 'objective=z'; its "
      "settings are: objective=a, objective=b, objective=c."),
     (lambda a: a.update(extra=1), "an atlas file has one key, 'claims'"),
+    (lambda a: a["claims"][0]["settings"][0]["published"].update(n_test=float("nan")),
+     "published.n_test=nan: a positive count of graphs"),
+    (lambda a: a["claims"][0]["settings"][0]["published"].update(read_error=float("inf")),
+     "published.read_error=inf: percentage points"),
+    (lambda a: a["claims"][0]["settings"][0]["nfl"].update(sweep=3), "nfl[0].sweep=3: give a non-empty string"),
 ])
 def test_a_bad_atlas_file_is_one_clear_line(demo, capsys, change, message):
     atlas = yaml.safe_load(demo["atlas"].read_text())
@@ -192,3 +197,10 @@ def test_the_committed_pages_are_what_the_atlas_file_gives(tmp_path, monkeypatch
     for name in committed:
         assert (tmp_path / name).read_text() == (ROOT / "docs" / "atlas" / name).read_text(), \
             f"docs/atlas/{name} differs from what configs/atlas.yaml gives: run {command}"
+
+
+def test_an_atlas_file_that_is_not_yaml_is_one_line_with_its_place(demo, capsys):
+    demo["atlas"].write_text("claims:\n  - id: a\n    title: [unclosed\n")
+    assert main(["--atlas", str(demo["atlas"]), "--out", str(demo["out"])]) == 2
+    printed = capsys.readouterr().err.strip()
+    assert printed.startswith(f"error: {demo['atlas']}:") and "not valid YAML" in printed and "\n" not in printed

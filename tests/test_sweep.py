@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from nfl.report import main as report_main
-from nfl.report import verdict
-from nfl.sweep import DONE, command, load_sweep
+from nfl.lab.report.sweep import verdict
+from nfl.lab.sweep.spec import DONE, command, load_sweep
 from nfl.sweep import main as sweep_main
 from tests.conftest import ROOT
 
@@ -120,6 +120,37 @@ def test_sweep_files_are_checked(tmp_path, capsys):
     bad.write_text("name: x\nbase: nowhere.yaml\ngrdi: {}\n")
     assert sweep_main(["--config", str(bad)]) == 2
     assert "needs 'name', 'base' and 'grid'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("seeds: 3", "seeds 3 is a list of seeds"),
+    ("seeds: [0, -1]", "whole numbers >= 0"),
+    ("seeds: [1, 1]", "repeat a seed"),
+    ("seeds: []", "is a list of seeds"),
+    ("args: --trainer.max_steps=3", "args is a list of CLI arguments"),
+    ("name: a/b", "name 'a/b' names the sweep's folder"),
+    ("grid: {lr: {'a,b': {model.lr: 1}}}", "a setting name is one word"),
+    ("grid: {seed: {a: {model.lr: 1}}}", "and not 'seed'"),
+    ("grid: {lr: {a: [1, 2]}}", "maps CLI keys to values"),
+    ("grid: {" + ", ".join(f"a{i}: {{" + ", ".join(f"s{j}: {{k: {j}}}" for j in range(10)) + "}" for i in range(7)) + "}",
+     "the grid makes 10,000,000 runs"),
+    ("grid: {lr: {a: {model.lr: 1}}\nbad: [", "not valid YAML"),
+])
+def test_a_bad_sweep_file_is_one_line(tmp_path, tiny_config, capsys, text, says):
+    spec = {"name": "x", "base": str(tiny_config), "grid": "{lr: {a: {model.lr: 1}}}"}
+    key = text.split(":", 1)[0]
+    lines = [f"{k}: {v}" for k, v in spec.items() if k != key] + [text]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    assert sweep_main(["--config", str(bad), "--dry-run"]) == 2
+    printed = capsys.readouterr().err.strip()
+    assert printed.startswith("error: ") and says in printed and "\n" not in printed, printed
+
+
+def test_a_bad_only_pattern_is_one_line(sweep_file, capsys):
+    assert sweep_main(["--config", str(sweep_file), "--dry-run", "--only", "seed=(0"]) == 2
+    printed = capsys.readouterr().err.strip()
+    assert printed.startswith("error: --only 'seed=(0' is not a regular expression") and "\n" not in printed
 
 
 def test_exclude_leaves_out_the_matching_combinations(tmp_path, capsys):
