@@ -10,8 +10,10 @@ building anything, so a value that cannot work is refused before any data is gen
 
 from __future__ import annotations
 
+import argparse
 import math
-from typing import Any, Optional, Union
+import sys
+from typing import Any, NoReturn, Optional, Union
 
 
 class UserInputError(ValueError):
@@ -90,3 +92,12 @@ def yaml_error_line(path: str, err: Exception, fix: str = "fix the file") -> str
     where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
     what = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
     return f"{where}: not valid YAML ({what}); {fix}."
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` for nfl's commands: a flag that does not parse ends in one ``error:`` line naming the
+    command's ``--help`` (exit status 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help.", file=sys.stderr)
+        sys.exit(2)

@@ -251,3 +251,24 @@ def test_an_unavailable_hub_model_fails_fast_in_one_line(offline, run_cli, tiny_
                               "folder nor in the local Hugging Face cache")
     if not hub.constants.HF_HUB_OFFLINE:
         assert ("HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached") in message
+
+
+@pytest.mark.parametrize(
+    "module, argv, names",
+    [
+        ("nfl.data.__main__", ["generate", "--degree", "two"], "--degree"),
+        ("nfl.data.__main__", ["sample"], "sample"),
+        ("nfl.lab.sweep.runner", ["--config", "x.yaml", "--parallel", "many"], "--parallel"),
+        ("nfl.lab.report.sweep", ["--sweep", "a", "--runs", "b"], "--runs"),
+        ("nfl.lab.bench", ["--config", "x.yaml", "--steps", "1.5"], "--steps"),
+    ],
+)
+def test_a_flag_that_does_not_parse_is_one_error_line(module, argv, names, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and names in err[0], err
+    assert "--help" in err[0]

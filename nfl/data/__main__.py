@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from nfl.errors import UserInputError
+from nfl.errors import ArgumentParser, UserInputError
 from nfl.run.preflight import host_memory, human, sampling_bytes
 from nfl.tasks.base import GraphTask, check_task, checked_sample
 from nfl.tasks.path_star import PathStar
@@ -32,8 +32,8 @@ LABELS_AT_A_TIME = 1 << 27  # fewer graphs at a time where their label shuffles 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nfl.data", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="python -m nfl.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(parser_class=ArgumentParser, dest="command", required=True)
     gen = sub.add_parser("generate", help="write COUNT graphs of a task to FILE")
     gen.add_argument("--config", metavar="YAML", help="take the task from this config's data section")
     gen.add_argument("--degree", type=int, metavar="D", help="path-star: arms of the star")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from nfl.cli import NFLCLI, parse_error_line, user_error
+from nfl.errors import ArgumentParser
 from nfl.data.datamodule import TaskDataModule
 from nfl.run.malloc import keep_freed_memory
 from nfl.run.quiet import silence_dependency_noise
@@ -118,7 +119,7 @@ def training_step(system: GraphSystem, data: TaskDataModule, device, args, dtype
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nfl.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m nfl.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="an nfl YAML config")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--eval-graphs", type=int, default=2000, help="held-out graphs decoded for eval timing")

@@ -21,7 +21,6 @@ Reads every finished run of a sweep (``sweep_run.json`` + TensorBoard events or 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import statistics
@@ -29,7 +28,7 @@ import sys
 from collections import Counter, defaultdict
 from typing import Optional, Sequence
 
-from nfl.errors import UserInputError
+from nfl.errors import ArgumentParser, UserInputError
 from nfl.lab.atlas.page import write_atlas
 from nfl.lab.report.logs import NOT_SOLVED, SOLVED, binomial_se, load_runs, samples_to_solve, solve_cell
 from nfl.lab.report.plots import EXACT_PLOT, plot_exact_match, plot_name, plot_setting
@@ -224,7 +223,7 @@ def report_runs(folders: list[str], out: Optional[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nfl.report", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m nfl.report", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--sweep", nargs="+",
                         help="a sweep's log folder, e.g. lightning_logs/cpu_grid; several are merged (shards)")

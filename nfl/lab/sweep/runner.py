@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Optional, Sequence
 
-from nfl.errors import UserInputError
+from nfl.errors import ArgumentParser, UserInputError
 from nfl.lab.sweep.processes import Signals, free_port, slot_environments, visible_gpus, wait_for
 from nfl.lab.sweep.spec import DONE, Run, command, load_sweep, run_dir, shard_of
 
@@ -61,7 +61,7 @@ def resume_checkpoint(folder: str) -> tuple[Optional[str], list[str]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m nfl.sweep", description=__doc__.splitlines()[0], epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
