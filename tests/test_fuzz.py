@@ -29,6 +29,7 @@ LIMIT = 4 << 30  # RLIMIT_AS of every case: one that escapes the size check cann
 REFUSE_SECONDS = 10.0
 CASE_TIMEOUT = 90.0  # a case still running then is a hang
 DEFAULT_CASES, SLOW_CASES = 8, 400
+DEFAULT_FILE_CASES, SLOW_FILE_CASES = 2, 150  # each one generate, one sweep file and one atlas file case
 
 # The tiny run's own options, which every case starts from (the fuzzed ones come after and override).
 BASE = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--data.init_args.n_test=16"]
@@ -182,6 +183,102 @@ def test_a_few_hostile_option_values(cases, tmp_path):
 def test_many_hostile_option_values(cases, tmp_path):
     seed = int(os.environ.get("NFL_FUZZ_SEED", "1"))
     failures = fuzz(cases, tmp_path, int(os.environ.get("NFL_FUZZ_CASES", SLOW_CASES)), seed, VARIANTS)
+    assert not failures, f"{len(failures)} cases failed:\n" + "\n".join(failures)
+
+
+# python -m nfl.data generate: a run that works, then one or two of its flags hostile or left out.
+GENERATE = {"--degree": "2", "--path-len": "4", "--num-nodes": "20", "--n": "10", "--seed": "0", "--out": "g.txt"}
+GENERATE_VALUES = {
+    "--degree": INTS, "--path-len": INTS, "--num-nodes": INTS, "--n": INTS, "--seed": INTS,
+    "--out": ["", ".", "missing/dir/g.txt", "a" * 300, "\u00e9.txt", "g.txt/", "/dev/null/x"],
+    "--exclude": ["", "nothing.txt", ".", "g.txt"],
+    "--config": ["", "nothing.yaml", ".", "bad.yaml", "empty.yaml"],
+}
+# The sweep file and the atlas file: a valid file, then one key set to a hostile value, deleted, or added.
+FILE_VALUES = [None, "", "x", -1, 0, 1e300, float("nan"), float("inf"), [], [None], [-1], {}, {"x": 1}, "[", "a" * 300,
+               True, "configs/nothing.yaml", "(", "../../etc", 10 ** 30]
+SWEEP = {
+    "name": "fuzz", "base": "tiny.yaml", "seeds": [0, 1], "args": ["--trainer.max_steps=2"],
+    "grid": {"objective": {"tf": {"model.objective": "nfl.objectives.TeacherForcing"},
+                           "rev": {"data.init_args.reverse": True}},
+             "width": {"w32": {"model.backbone.init_args.d_model": 32}}},
+    "exclude": [{"objective": "rev", "seed": 1}],
+}
+
+
+def _paths(doc: Any, path: tuple = ()) -> Iterator[tuple]:
+    """Every key path of a YAML document, the root's children first."""
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        yield (*path, key)
+        yield from _paths(value, (*path, key))
+
+
+def mutate(doc: Any, rng: random.Random) -> tuple[Any, str]:
+    """A deep copy of ``doc`` with one key set to a hostile value, deleted, or an unknown key added beside it."""
+    doc = json.loads(json.dumps(doc))
+    path = rng.choice(list(_paths(doc)))
+    parent = doc
+    for key in path[:-1]:
+        parent = parent[key]
+    how = rng.choice(("set", "set", "set", "delete", "add"))
+    if how == "delete":
+        del parent[path[-1]]
+        return doc, f"{path}: deleted"
+    if how == "add" and isinstance(parent, dict):
+        parent["not_an_option"] = 1
+        return doc, f"{path[:-1]}: not_an_option added"
+    value = rng.choice(FILE_VALUES)
+    parent[path[-1]] = value
+    return doc, f"{path} = {value!r}"
+
+
+def fuzz_files(cases: Cases, tmp: Path, n: int, seed: int) -> list[str]:
+    """``n`` cases of each of: generate flags, a sweep file (``--dry-run``), an atlas file (one claim)."""
+    rng = random.Random(seed)
+    (tmp / "tiny.yaml").write_text(TINY_CONFIG)
+    (tmp / "bad.yaml").write_text("data: [\n")
+    (tmp / "empty.yaml").write_text("")
+    atlas = yaml.safe_load((ROOT / "configs" / "atlas.yaml").read_text())
+    claim = atlas["claims"][0]
+    claim["settings"] = [dict(s, nfl=[e for e in s["nfl"] if "csv" in e][:1]) for s in claim["settings"][:2]]
+    atlas = {"claims": [claim]}
+    drawn = []
+    for i in range(n):
+        flags = dict(GENERATE)
+        for flag in rng.sample(sorted(GENERATE_VALUES), k=rng.choice((1, 1, 2))):
+            value = rng.choice(GENERATE_VALUES[flag] + [None])  # None: the flag left out
+            flags.pop(flag, None) if value is None else flags.__setitem__(flag, value)
+        drawn.append(("nfl.data", ["generate", *[x for kv in flags.items() for x in kv]], tmp, " ".join(
+            f"{k} {v}" for k, v in flags.items())))
+        doc, what = mutate(SWEEP, rng)
+        (tmp / f"sweep{i}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+        drawn.append(("nfl.sweep", ["--config", str(tmp / f"sweep{i}.yaml"), "--dry-run", "--logs", str(tmp / "logs")],
+                      tmp, f"sweep file: {what}"))
+        doc, what = mutate(atlas, rng)
+        (tmp / f"atlas{i}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+        drawn.append(("nfl.report", ["--atlas", str(tmp / f"atlas{i}.yaml"), "--out", str(tmp / f"atlas{i}")], ROOT,
+                      f"atlas file: {what}"))
+    failures = []
+    for program, args, cwd, what in drawn:
+        done = cases.run(program, args, cwd)
+        problem = check(done, what)
+        print(f"{program}: status {done['status']} in {done['seconds']:.1f} s {problem or 'ok'}: {what}")
+        if problem:
+            tail = "\n    ".join(done["stderr"].splitlines()[-6:])
+            failures.append(f"{program} {what}: {problem}\n    {tail}")
+    return failures
+
+
+def test_a_few_hostile_flags_and_files(cases, tmp_path):
+    failures = fuzz_files(cases, tmp_path, DEFAULT_FILE_CASES, seed=0)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+def test_many_hostile_flags_and_files(cases, tmp_path):
+    seed = int(os.environ.get("NFL_FUZZ_SEED", "1"))
+    failures = fuzz_files(cases, tmp_path, int(os.environ.get("NFL_FUZZ_FILE_CASES", SLOW_FILE_CASES)), seed)
     assert not failures, f"{len(failures)} cases failed:\n" + "\n".join(failures)
 
 

@@ -166,6 +166,8 @@ def test_exclude_leaves_out_the_matching_combinations(tmp_path, capsys):
                      "backbone=gpt,objective=mdm,seed=1", "backbone=mamba,objective=tf,seed=0"]
     for rule, message in [("{objectiv: tf}", "exclude names axis 'objectiv'"),
                           ("{objective: rgisters}", "exclude names objective=rgisters, which is not a setting"),
+                          ("{seed: 7}", "exclude names seed=7, which is not one of the sweep's seeds [0, 1]"),
+                          ("{objective: tf, seed: {}}", "exclude names seed={}"),
                           ("mamba", "'exclude' is a list of mappings")]:
         sweep.write_text(head + f"exclude: [{rule}]\n" if rule != "mamba" else head + "exclude: mamba\n")
         assert sweep_main(["--config", str(sweep)]) == 2

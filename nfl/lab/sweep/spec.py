@@ -98,11 +98,11 @@ def load_sweep(path: str) -> tuple[dict[str, Any], list[Run]]:
             overrides = [f"--{k}={_cli_value(v)}" for _, values in combo for k, v in (values or {}).items()]
             name = ",".join([f"{a}={n}" for a, n in settings.items()] + [f"seed={seed}"])
             runs.append(Run(name, settings, int(seed), overrides))
-    excluded = _exclusions(spec.get("exclude") or [], grid, path)
+    excluded = _exclusions(spec.get("exclude") or [], grid, path, seeds)
     return spec, [r for r in runs if not any(_matches(r, rule) for rule in excluded)]
 
 
-def _exclusions(rules: Any, grid: dict[str, Any], path: str) -> list[dict[str, set[str]]]:
+def _exclusions(rules: Any, grid: dict[str, Any], path: str, seeds: list) -> list[dict[str, set[str]]]:
     """``exclude``: a list of mappings ``{axis: setting or [settings], seed: n or [n]}``; a run matching every
     key of one mapping is left out (e.g. an objective a backbone cannot run)."""
     if not isinstance(rules, list) or not all(isinstance(r, dict) and r for r in rules):
@@ -112,7 +112,11 @@ def _exclusions(rules: Any, grid: dict[str, Any], path: str) -> list[dict[str, s
         checked = {}
         for axis, names in rule.items():
             names = names if isinstance(names, list) else [names]
-            if axis != "seed":
+            if axis == "seed":
+                missing = [n for n in names if str(n) not in {str(s) for s in seeds}]
+                if missing:
+                    raise UserInputError(f"{path}: exclude names seed={missing[0]!r}, which is not one of the sweep's seeds {list(seeds)}.")
+            else:
                 if axis not in grid:
                     raise UserInputError(f"{path}: exclude names axis {axis!r}; the grid's axes are {sorted(grid)} (and seed).")
                 missing = [n for n in names if str(n) not in {str(k) for k in grid[axis]}]
