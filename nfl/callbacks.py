@@ -1,6 +1,6 @@
 """Callbacks nfl adds to Lightning's: keep the work of an interrupted run, log the last step, report progress as
 lines where no terminal shows a bar, stop on a non-finite loss, stop a solved run, record what a run ran with, write
-predictions."""
+predictions, draw TensorBoard's HPARAMS, IMAGES and TEXT views."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from nfl.engine.metrics import read_answers
 from nfl.errors import UserInputError, at_least, require
 from nfl.run.provenance import RUN_INFO, provenance
+from nfl.run.tensorboard import PER_POSITION, config_text, hparams_summaries, key_settings, per_position_image
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +293,54 @@ class RecordRun(Callback):
         }
         with open(os.path.join(folder, RUN_INFO), "w") as f:
             json.dump(record, f, indent=2)
+
+
+class TensorBoardViews(Callback):
+    """TensorBoard's HPARAMS, IMAGES and TEXT tabs for every ``TensorBoardLogger`` of the run (see
+    :mod:`nfl.run.tensorboard`): at the start of ``fit``, the HParams summaries (the run's key settings, with its
+    final validation and test metrics as columns) and a ``run/config`` text card (nfl's provenance and the resolved
+    config); after each validation (not the sanity check) and each test, the image ``{stage}/plots/per_position``
+    of accuracy per answer position, free-running against teacher-forced, with the chance line of the decisions.
+    Written by rank 0 only; no scalar is logged.
+    """
+
+    @staticmethod
+    def _writers(trainer: pl.Trainer) -> list:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if not trainer.is_global_zero:
+            return []
+        return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writers = self._writers(trainer)
+        if not writers or not hasattr(pl_module, "task"):
+            return
+        summaries = hparams_summaries(key_settings(pl_module, trainer))
+        text = config_text(trainer.log_dir, dict(pl_module.hparams), provenance())
+        for writer in writers:
+            for summary in summaries:
+                writer.file_writer.add_summary(summary)
+            writer.add_text("run/config", text, global_step=trainer.global_step)
+            writer.flush()
+
+    def _image(self, trainer: pl.Trainer, stage: str) -> None:
+        writers = self._writers(trainer)
+        if not writers or trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+        image = per_position_image(metrics, stage, trainer.global_step)
+        if image is None:
+            return
+        for writer in writers:
+            writer.add_image(f"{stage}/{PER_POSITION}", image, global_step=trainer.global_step, dataformats="HWC")
+            writer.flush()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._image(trainer, "val")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._image(trainer, "test")
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -23,7 +23,9 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from nfl.callbacks import KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss, progress_bar
+from nfl.callbacks import (
+    KeepLastCheckpoint, LogLastStep, RecordRun, StopOnNonFiniteLoss, TensorBoardViews, progress_bar,
+)
 from nfl.run.checkpoint_origin import refuse_foreign
 from nfl.run.checkpoints import read_checkpoint, use_atomic_checkpoints
 from nfl.run.config_checks import (
@@ -205,7 +207,9 @@ def trainer_defaults() -> dict:
         },
         # LightningCLI appends default callbacks to a config's own list, so only this one lives here; the
         # configs set ModelCheckpoint (save_last: true) themselves.
-        "callbacks": [KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss(), RecordRun(), LogLastStep()],
+        "callbacks": [
+            KeepLastCheckpoint(), StopOnSignal(), StopOnNonFiniteLoss(), RecordRun(), LogLastStep(), TensorBoardViews(),
+        ],
         "check_val_every_n_epoch": None,
     }
 

@@ -25,3 +25,52 @@ def test_a_csv_logged_run_reads_back_as_the_tensorboard_run_does(run_cli, tiny_c
     cli = run_cli("test", "--config", str(tiny_config), *CSV, "--ckpt_path", str(csv_run / "checkpoints" / "last.ckpt"))
     assert tmp_path / cli.trainer.log_dir == csv_run / "test" and (csv_run / "test" / "metrics.csv").is_file()
     assert len(read_scalars(str(csv_run))["test/exact_match"]) == 2
+
+
+def _event_values(folder) -> list[tuple[str, int, object]]:
+    """Every (tag, step, summary value) in a run folder's event files, read with TensorBoard's own loader."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return [(v.tag, event.step, v) for f in sorted(folder.glob("events.out.tfevents.*"))
+            for event in EventFileLoader(str(f)).Load() for v in event.summary.value]
+
+
+def test_tensorboard_holds_an_hparams_row_per_position_images_and_the_config(run_cli, tiny_config, tmp_path):
+    import io
+
+    from PIL import Image
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=8", "--test_after_fit=true")
+    values = _event_values(version_dir(tmp_path))
+    hparams = {tag: plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+               for tag, _, v in values if v.metadata.plugin_data.plugin_name == "hparams"}
+    assert set(hparams) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+    metric_tags = {m.name.tag for m in hparams["_hparams_/experiment"].experiment.metric_infos}
+    assert {"test/exact_match", "test/decision_acc", "val/exact_match", "train/graphs_seen"} <= metric_tags
+    scalars = read_scalars(str(version_dir(tmp_path)))
+    assert metric_tags <= set(scalars)  # every column is filled from a scalar the run logged
+    start = hparams["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["task"].string_value == "PathStar" and start["task.degree"].number_value == 2
+    assert start["objective"].string_value == "TeacherForcing" and start["backbone"].string_value == "GPT"
+    assert start["backbone.n_layer"].number_value == 1 and start["backbone.d_model"].number_value == 32
+    assert start["seed"].number_value == 0 and start["lr"].number_value == pytest.approx(1e-3)
+    assert start["max_steps"].number_value == 8 and start["data.batch_size"].number_value == 32
+    assert not any(tag.startswith("_hparams_") or tag == "hp_metric" for tag in scalars)
+
+    images = [(tag, step, v) for tag, step, v in values if tag.endswith("/plots/per_position")]
+    assert [(tag, step) for tag, step, _ in images] == [("val/plots/per_position", 4), ("val/plots/per_position", 8),
+                                                        ("test/plots/per_position", 8)]  # no sanity-check image
+    png = images[-1][2].tensor.string_val[2]
+    width, height = Image.open(io.BytesIO(png)).size
+    assert width > 300 and height > 200
+
+    texts = [v.tensor.string_val[0].decode() for tag, _, v in values if tag == "run/config/text_summary"]
+    assert len(texts) == 1 and "seed_everything: 0" in texts[0] and "| versions | nfl " in texts[0]
+
+
+def test_runs_logged_elsewhere_get_no_tensorboard_views(run_cli, tiny_config, tmp_path):
+    run_cli("fit", "--config", str(tiny_config), "--trainer.max_steps=4", *CSV)
+    csv_run = tmp_path / "csv" / "lightning_logs" / "version_0"
+    assert (csv_run / "metrics.csv").is_file() and not list(csv_run.rglob("events.out.tfevents.*"))
+    assert "plots" not in (csv_run / "metrics.csv").read_text()
