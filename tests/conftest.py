@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import glob
+import os
 import sys
 from pathlib import Path
+
+# Nothing a test runs may reach the network: W&B logs offline, Hugging Face datasets read local files only.
+os.environ["WANDB_MODE"] = "offline"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np
 import pytest

@@ -74,3 +74,17 @@ def test_runs_logged_elsewhere_get_no_tensorboard_views(run_cli, tiny_config, tm
     csv_run = tmp_path / "csv" / "lightning_logs" / "version_0"
     assert (csv_run / "metrics.csv").is_file() and not list(csv_run.rglob("events.out.tfevents.*"))
     assert "plots" not in (csv_run / "metrics.csv").read_text()
+
+
+def test_an_offline_wandb_run_logs_the_same_tags(run_cli, tiny_config, tmp_path):
+    pytest.importorskip("wandb")
+    short = ["--config", str(tiny_config), "--trainer.max_steps=4"]
+    run_cli("fit", *short)
+    cli = run_cli("fit", *short, "--trainer.logger=lightning.pytorch.loggers.WandbLogger",
+                  "--trainer.logger.init_args.offline=true", "--trainer.logger.init_args.save_dir=wb")
+    run = cli.trainer.logger.experiment
+    assert run.settings.mode in ("offline", "dryrun") and list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    logged = {k for k in run.summary.keys() if not k.startswith("_") and k != "trainer/global_step"}
+    assert logged == set(read_scalars(str(version_dir(tmp_path))))
+    assert run.summary["train/graphs_seen"] == 4 * 32
+    run.finish()

@@ -29,13 +29,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nfl.errors import UserInputError, at_least, require
 from nfl.tasks.base import GraphTask, check_task, checked_sample
 from nfl.tasks.path_star import PathStar
+from nfl.tasks.sampling import EPOCH_ORDER, RESAMPLE, STREAM, TEST
 from nfl.tasks.scratchpad import refuse_reverse, write_scratchpads
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (prefix (B, P), target (B, target_len)), int64 on CPU
 
-_STREAM, _EPOCH_ORDER, _TEST, _RESAMPLE = 0, 1, 2, 3  # salts that keep the seed streams apart
+_STREAM, _EPOCH_ORDER, _TEST, _RESAMPLE = STREAM, EPOCH_ORDER, TEST, RESAMPLE  # salts that keep the seed streams apart
 
 
 def _worker_slice() -> tuple[int, int]:
@@ -159,8 +160,9 @@ class TaskDataModule(pl.LightningDataModule):
         seed: seed of the training data.
         test_seed: seed of the held-out set.
         exclude_test: never train on a graph of the held-out set (same edges and query, any edge order).
-        train_file: train on this text file (finite mode) instead of generated graphs.
-        test_file: take the held-out set from this text file.
+        train_file: train on this data file (finite mode) instead of generated graphs: the text format, or
+            ``.jsonl``/``.parquet`` records as ``python -m nfl.data generate --format jsonl|parquet`` writes them.
+        test_file: take the held-out set from this data file (any of the same formats).
         num_workers: DataLoader worker processes generating training batches (and tokenising them, for
             backbones with their own tokenizer).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import types
 import typing
 from typing import Any, Iterator, Optional
 
@@ -34,10 +35,14 @@ def _parameters(cls: Any) -> dict[str, inspect.Parameter]:
 
 
 def _allows_none(annotation: Any) -> bool:
-    if annotation in (Any, None, type(None), inspect.Parameter.empty):
+    """Whether null is one of the annotation's values: Optional, a Union or ``X | None`` holding None, a
+    ``Literal`` listing None; an annotation left as a string cannot be read here and is given the benefit."""
+    if annotation in (Any, None, type(None), inspect.Parameter.empty) or isinstance(annotation, str):
         return True
     args = typing.get_args(annotation)
-    return type(None) in args or any(_allows_none(a) for a in args if typing.get_origin(a) is typing.Union)
+    if typing.get_origin(annotation) is typing.Literal:
+        return None in args
+    return type(None) in args or any(_allows_none(a) for a in args if typing.get_origin(a) in (typing.Union, types.UnionType, typing.Literal))
 
 
 def _class(class_path: Any) -> Optional[type]:
@@ -75,7 +80,7 @@ def check_values(where: str, cls: type, values: dict[str, Any]) -> None:
             continue
         option, typed = f"{where}.{name}" if where else name, param.annotation is not inspect.Parameter.empty
         if typed:
-            if value is None and not _allows_none(param.annotation):
+            if value is None and param.default is not None and not _allows_none(param.annotation):
                 raise OptionError("", option, value, f"needs a value (null is not one of its types: {_name(param.annotation)})")
             continue
         default = param.default

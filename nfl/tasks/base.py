@@ -42,6 +42,7 @@ import numpy as np
 from nfl.errors import UserInputError, at_least, require
 from nfl.tasks.basics import IGNORE_INDEX, DataFileError, InfeasibleGraphError
 from nfl.tasks.scratchpad import answer_columns, check_scratchpad, parse_after_scratchpad, scratchpad_width
+from nfl.tasks.records import read_records, record_format
 from nfl.tasks.text import format_text, parse_text
 
 __all__ = ["IGNORE_INDEX", "DataFileError", "GraphTask", "InfeasibleGraphError", "check_task", "checked_sample"]
@@ -331,11 +332,14 @@ class GraphTask:
         return parse_text(self, lines, source)
 
     def read_file(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-        """Read a data file into ``(prefix, target)`` arrays with forward answers."""
+        """Read a data file into ``(prefix, target)`` arrays with forward answers: the text format, or JSON lines
+        (``.jsonl``) and parquet (``.parquet``) records as :mod:`nfl.tasks.records` writes them."""
         if os.path.isdir(path):
             raise DataFileError(f"Data file {os.fspath(path)!r} is a folder; give a file (train_file / test_file).")
         if not os.path.isfile(path):
             raise DataFileError(f"Data file {os.fspath(path)!r} does not exist; check train_file / test_file.")
+        if record_format(path) is not None:
+            return read_records(self, os.fspath(path))
         try:
             with open(path, encoding="ascii") as f:
                 return self.parse_lines(f, source=os.fspath(path))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Salts that keep a data module's seed streams apart: np.random.default_rng([seed, salt]).
+STREAM, EPOCH_ORDER, TEST, RESAMPLE = 0, 1, 2, 3
+
 
 def label_dtype(num_nodes: int) -> type:
     """The smallest integer dtype that holds every token id of a task with ``num_nodes`` labels."""
