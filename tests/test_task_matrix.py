@@ -17,6 +17,7 @@ TASKS = {
     "tree_star": {"class_path": "nfl.tasks.TreeStar", "init_args": {"degree": 2, "depth": 2, "segment": 1, "num_nodes": 20}},
     "dag_search": {"class_path": "nfl.tasks.DagSearch",
                    "init_args": {"max_vertices": 10, "max_edges": 12, "max_lookahead": 2, "max_path_len": 5, "num_nodes": 20}},
+    "maze": {"class_path": "nfl.tasks.Maze", "init_args": {"rows": 3, "cols": 3}},
 }
 OBJECTIVES = {
     "tf": "nfl.objectives.TeacherForcing",
@@ -82,13 +83,16 @@ def test_reversed_answers_on_every_task(task, run_cli, tmp_path):
 
 
 def has_decisions(task, n=64) -> bool:
-    """Whether some answer node's predecessor has more than one outgoing edge, in ``n`` sampled graphs."""
+    """Whether some answer node's predecessor has more than one way on (outgoing edges; on an undirected task
+    its edges but the one the path came in by), in ``n`` sampled graphs."""
     prefix, target = task.sample(np.random.default_rng(0), n)
-    parents, _ = task.edges_of(prefix)
+    parents, children = task.edges_of(prefix)
     for row in range(n):
         path = [v for v in target[row] if 0 <= v < task.num_nodes]
-        if any((parents[row] == v).sum() > 1 for v in path[:-1]):
-            return True
+        for i, v in enumerate(path[:-1]):
+            ways = (parents[row] == v).sum() + ((children[row] == v).sum() - (i > 0) if task.undirected else 0)
+            if ways > 1:
+                return True
     return False
 
 

@@ -15,7 +15,7 @@ from nfl.models.gpt import GPT
 from nfl.objectives import TeacherForcing
 from nfl.objectives.base import Objective, Reservation, target_cross_entropy
 from nfl.system import GraphSystem
-from nfl.tasks import DagSearch, PathStar, TreeStar
+from nfl.tasks import DagSearch, Maze, PathStar, TreeStar
 from nfl.tasks.base import IGNORE_INDEX
 from nfl.tasks.spec import task_from_spec, task_spec
 from tests.conftest import ROOT, TaskMetrics
@@ -262,7 +262,8 @@ def test_objective_tokens_and_length_come_after_the_task_s():
 
 
 # --- what holds for path-star holds for every task -------------------------------------------------------
-STREAM_TASKS = [VARIED, TreeStar(), DagSearch(max_vertices=10, max_edges=12, max_lookahead=2, max_path_len=5, num_nodes=20)]
+STREAM_TASKS = [VARIED, TreeStar(), DagSearch(max_vertices=10, max_edges=12, max_lookahead=2, max_path_len=5, num_nodes=20),
+                Maze(rows=4, cols=4, labels="random", num_nodes=30)]
 
 
 @pytest.mark.parametrize("task", STREAM_TASKS, ids=lambda t: type(t).__name__)
@@ -283,7 +284,8 @@ def test_streams_are_distinct_per_rank_and_independent_of_workers(task):
 
 
 @pytest.mark.parametrize("task", [PathStar(2, None, 5, arm_lengths=(2, 3), goal="any"),
-                                  TreeStar(degree=2, branching=1, depth=1, segment=1, num_nodes=4)],
+                                  TreeStar(degree=2, branching=1, depth=1, segment=1, num_nodes=4),
+                                  Maze(rows=2, cols=2)],
                          ids=lambda t: type(t).__name__)
 def test_held_out_graphs_never_reach_training_on_small_graph_spaces(task):
     from nfl.data.datamodule import TaskDataModule

@@ -11,8 +11,10 @@ order are computed on paths read forward (start first), whatever the encoding:
   one outgoing edge (the positions that need planning; position 2 on path-star), with ``chance``, the mean over
   those positions of one over the predecessor's out-degree; ``tf/decision_acc`` and ``tf/non_decision_acc``
   are the teacher-forced accuracies at those positions and at all others (high off-decision with the decision
-  at chance is the Clever-Hans signature on any graph);
-- ``edge_follow_rate``: of all consecutive pairs of generated nodes, the fraction that are edges;
+  at chance is the Clever-Hans signature on any graph). On an undirected task (a maze) the out-degree counts
+  the ways on from a node, not back to the one the path came from: the decisions are the branching cells;
+- ``edge_follow_rate``: of all consecutive pairs of generated nodes, the fraction that are edges (either way on
+  an undirected task: legal moves);
 - ``valid_path_rate``: answers that start at the start and follow edges at every step;
   ``reaches_goal_rate``: valid answers that end at the goal.
 
@@ -61,7 +63,7 @@ def read_answers(
     else:
         fwd_target, fwd_free, fwd_tf = target, free, tf
 
-    parents, children = task.edges_of(prefix)  # (B, E)
+    parents, children = task.walkable(*task.edges_of(prefix))  # (B, E), both ways on an undirected task (B, 2E)
     real = (parents >= 0) & (parents < N)
     start, goal = task.query_of(prefix)
     pairs = cols[None, :-1] < (free_len - 1)[:, None]  # (B, L-1)
@@ -77,6 +79,8 @@ def read_answers(
     else:
         exact = ((free == target) | ~inside).all(dim=1) & (free_len == length) & well_formed
     out_degree = ((fwd_target[:, :, None] == parents[:, None, :]) & real[:, None, :]).sum(dim=2)  # (B, L)
+    if task.undirected:  # the ways on from a node, not back to the one the path came from
+        out_degree = out_degree - (cols[None, :] > 0).to(out_degree.dtype)
     decision = torch.zeros_like(inside)
     decision[:, 1:] = (out_degree[:, :-1] > 1) & inside[:, 1:]
     return ReadAnswers(

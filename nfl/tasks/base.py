@@ -82,6 +82,22 @@ class GraphTask:
         """Whether every graph has exactly ``max_edges`` edges (a file line with fewer is then malformed)."""
         return not self.variable
 
+    @property
+    def undirected(self) -> bool:
+        """Whether an edge ``u,v`` may be walked both ways (a maze's passages); False: parent to child only."""
+        return False
+
+    def walkable(self, parents, children):
+        """``(from, to)`` of every step an answer may take along the edges (numpy or torch, (B, E) each): the
+        edges themselves, and on an undirected task each one reversed as well ((B, 2E) each)."""
+        if not self.undirected:
+            return parents, children
+        if isinstance(parents, np.ndarray):
+            return np.concatenate([parents, children], axis=1), np.concatenate([children, parents], axis=1)
+        import torch
+
+        return torch.cat([parents, children], dim=1), torch.cat([children, parents], dim=1)
+
     def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` independent graphs: ``(prefix (n, prefix_len), target (n, answer_len))`` int64, forward paths."""
         raise NotImplementedError

@@ -149,14 +149,14 @@ def parse_text(task: "GraphTask", lines: Iterable[str], source: str) -> tuple[np
 
 
 def steps_on_graph(task: "GraphTask", prefix: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """(n, l-1) bool: whether step ``target[g, i] -> target[g, i+1]`` is an edge of graph ``g`` (True past an
-    answer's end, where there is no step).
+    """(n, l-1) bool: whether step ``target[g, i] -> target[g, i+1]`` is an edge of graph ``g``, either way on
+    an undirected task (True past an answer's end, where there is no step).
 
     Vectorised: each edge and each step becomes one int64 key ``(g * V + parent) * V + child``, and every step
     key is looked up in the sorted edge keys, so 200k graphs take milliseconds.
     """
     V = task.vocab_size
-    parents, children = task.edges_of(prefix)
+    parents, children = task.walkable(*task.edges_of(prefix))
     graph = np.arange(len(target), dtype=np.int64)[:, None]
     edges = np.sort(((graph * V + parents) * V + children).ravel())
     nodes = np.where(target >= 0, target, 0)[:, : task.max_path_len]
