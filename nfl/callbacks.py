@@ -313,11 +313,12 @@ class TensorBoardViews(Callback):
         return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        folder = trainer.log_dir if trainer.loggers else None  # on every rank: a broadcast from rank 0 under DDP
         writers = self._writers(trainer)
         if not writers or not hasattr(pl_module, "task"):
             return
         summaries = hparams_summaries(key_settings(pl_module, trainer))
-        text = config_text(trainer.log_dir, dict(pl_module.hparams), provenance())
+        text = config_text(folder, dict(pl_module.hparams), provenance())
         for writer in writers:
             for summary in summaries:
                 writer.file_writer.add_summary(summary)
