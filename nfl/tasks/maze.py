@@ -29,7 +29,9 @@ rather than stored; no A* trace is offered (the ``goal_to_start`` scratchpad is)
 
 Sampling is vectorised over the batch: every maze of a batch takes one backtracker step per iteration, and all of
 them finish after exactly ``2 * rows * cols - 1`` iterations (each cell is pushed once and popped once).
-``python benchmarks/maze.py`` measures it against a plain per-maze Python loop.
+``python benchmarks/maze.py`` measures it against a plain per-maze Python loop: on an idle 2-core CPU at batch
+65,536, 100k 5x5 and 6.1k 20x20 mazes/s, about 6x the loop (short of the 20x a sampler of nfl aims for; the
+backtracker's 2V - 1 dependent steps per maze are the floor of this design).
 """
 
 from __future__ import annotations
