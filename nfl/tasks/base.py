@@ -307,12 +307,15 @@ class GraphTask:
         )
 
     def graph_keys(self, prefix: np.ndarray) -> np.ndarray:
-        """A 64-bit key per graph that ignores edge order: same edges and query give the same key.
+        """A 64-bit key per graph that ignores edge order (and, on an undirected task, each edge's direction): same
+        edges and query give the same key.
 
         Used to keep held-out graphs out of training. A collision (about 2^-64 per pair) would only drop one
         extra training graph, never leak a test graph.
         """
         parents, children = self.edges_of(prefix)
+        if self.undirected:  # u,v and v,u are one edge
+            parents, children = np.minimum(parents, children), np.maximum(parents, children)
         base = np.uint64(self.vocab_size)
         codes = np.sort(parents.astype(np.uint64) * base + children.astype(np.uint64), axis=1)
         start, goal = self.query_of(prefix)

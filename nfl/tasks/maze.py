@@ -236,13 +236,3 @@ class Maze(GraphTask):
         path_labels = np.where(paths >= 0, label[rows_, paths.clip(min=0)], -1)
         prefix = self.encode_prefix(np.minimum(u, v), np.maximum(u, v), label[rows_[:, 0], start], label[rows_[:, 0], goal])
         return prefix, self.encode_answers(path_labels, lengths)
-
-    def graph_keys(self, prefix: np.ndarray) -> np.ndarray:
-        """As every task's, with each passage read smaller label first, so that a maze written with its passages
-        the other way round is the same maze."""
-        parents, children = self.edges_of(prefix)
-        canonical = prefix.copy()
-        c, e = self._edge_col, self.max_edges
-        canonical[:, c : c + 3 * e : 3] = np.minimum(parents, children)
-        canonical[:, c + 1 : c + 3 * e : 3] = np.maximum(parents, children)
-        return super().graph_keys(canonical)
