@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (prefix (B, P), target (B, target_len)), int64 on CPU
 
-_STREAM, _EPOCH_ORDER, _TEST, _RESAMPLE = STREAM, EPOCH_ORDER, TEST, RESAMPLE  # salts that keep the seed streams apart
 
 
 def _worker_slice() -> tuple[int, int]:
@@ -95,10 +94,10 @@ class TrainBatches(IterableDataset):
     def graphs_of(self, b: int) -> tuple[np.ndarray, np.ndarray]:
         """The graphs of batch ``b``, with their forward answers (as sampled or stored)."""
         if self.graphs is None:
-            rng = np.random.default_rng([self.seed, _STREAM, self.rank, b])
+            rng = np.random.default_rng([self.seed, STREAM, self.rank, b])
             return self.task.sample_excluding(rng, self.batch_size, self.excluded)
         epoch, j = divmod(b, self.batches_per_epoch)
-        order = np.random.default_rng([self.seed, _EPOCH_ORDER, epoch]).permutation(len(self.graphs[1]))
+        order = np.random.default_rng([self.seed, EPOCH_ORDER, epoch]).permutation(len(self.graphs[1]))
         first = (j * self.world_size + self.rank) * self.batch_size
         idx = order[first : first + self.batch_size]
         return self.graphs[0][idx], self.graphs[1][idx]
@@ -240,9 +239,9 @@ class TaskDataModule(pl.LightningDataModule):
             if self.test_file:
                 self.test_graphs = self.task.read_file(self.test_file)
                 if not self.train_file:  # training graphs are sampled: check the sampler once on a graph of its own
-                    checked_sample(self.task, np.random.default_rng([self.seed, _TEST]), 1)
+                    checked_sample(self.task, np.random.default_rng([self.seed, TEST]), 1)
             else:
-                rng = np.random.default_rng([self.test_seed, _TEST])
+                rng = np.random.default_rng([self.test_seed, TEST])
                 self.test_graphs = checked_sample(self.task, rng, self.n_test)  # the first batch, checked
             if self.exclude_test:
                 self._excluded = np.unique(self.task.graph_keys(self.test_graphs[0]))
@@ -250,7 +249,7 @@ class TaskDataModule(pl.LightningDataModule):
             if self.train_file:
                 self.train_graphs = self._drop_test_graphs(self.task.read_file(self.train_file), self.train_file)
             elif self.n_train is not None:
-                rng = np.random.default_rng([self.seed, _RESAMPLE])
+                rng = np.random.default_rng([self.seed, RESAMPLE])
                 self.train_graphs = self.task.sample_excluding(rng, self.n_train, self._excluded)
 
     def _drop_test_graphs(self, graphs: tuple[np.ndarray, np.ndarray], source: str) -> tuple[np.ndarray, np.ndarray]:
