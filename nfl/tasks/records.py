@@ -43,39 +43,20 @@ def _pyarrow():
     return pyarrow
 
 
-def columns(task: "GraphTask", prefix: np.ndarray, target: np.ndarray) -> dict[str, object]:
-    """The record columns of graphs with forward answers: text columns as lists of str, ``edges`` as an
-    (n, E, 2) array with the per-graph edge counts, ``start``/``goal`` as (n,) arrays, ``path`` as lists."""
-    lines = format_text(task, prefix, target).decode("ascii").split("\n")[:-1]
-    cut = [line.index("=") + 1 for line in lines]
-    parents, children = task.edges_of(prefix)
-    N = task.num_nodes
-    present = (parents >= 0) & (parents < N)
-    pairs = np.stack([parents, children], axis=2).astype(np.int64)
-    start, goal = task.query_of(prefix)
-    on_path = (target >= 0) & (target < N)
-    return {
-        "prefix": [line[:c] for line, c in zip(lines, cut)],
-        "answer": [line[c:] for line, c in zip(lines, cut)],
-        "text": lines,
-        "edges": (pairs, present),
-        "start": np.asarray(start, dtype=np.int64),
-        "goal": np.asarray(goal, dtype=np.int64),
-        "path": (np.asarray(target, dtype=np.int64), on_path),
-    }
-
-
 def jsonl_bytes(task: "GraphTask", prefix: np.ndarray, target: np.ndarray) -> bytes:
     """Graphs as JSON lines, one object per graph with the keys of :data:`COLUMNS`."""
-    cols = columns(task, prefix, target)
-    pairs, present = cols["edges"]
-    nodes, on_path = cols["path"]
+    lines = format_text(task, prefix, target).decode("ascii").split("\n")[:-1]
+    parents, children = task.edges_of(prefix)
+    start, goal = task.query_of(prefix)
+    N = task.num_nodes
+    pairs, present = np.stack([parents, children], axis=2).astype(np.int64), (parents >= 0) & (parents < N)
+    nodes, on_path = np.asarray(target, dtype=np.int64), (target >= 0) & (target < N)
     out = []
-    for i, text in enumerate(cols["text"]):
+    for i, text in enumerate(lines):
+        cut = text.index("=") + 1
         record = {
-            "prefix": cols["prefix"][i], "answer": cols["answer"][i], "text": text,
-            "edges": pairs[i][present[i]].tolist(), "start": int(cols["start"][i]), "goal": int(cols["goal"][i]),
-            "path": nodes[i][on_path[i]].tolist(),
+            "prefix": text[:cut], "answer": text[cut:], "text": text, "edges": pairs[i][present[i]].tolist(),
+            "start": int(start[i]), "goal": int(goal[i]), "path": nodes[i][on_path[i]].tolist(),
         }
         out.append(json.dumps(record, separators=(",", ":")))
     return ("\n".join(out) + "\n").encode("ascii")
