@@ -161,17 +161,22 @@ def fuzz(cases: Cases, tmp: Path, n: int, seed: int, variants: list[list[str]]) 
     surfaces = [(v, surface(cases, tmp, v)) for v in variants]
     plain = cases.run("nfl", ["fit", "--config", str(tmp / "tiny.yaml"), *BASE], tmp)
     assert plain["status"] == 0, plain["stderr"][-3000:]  # the cases start from a run that works
-    failures = []
+    failures: list[str] = []
     for i, args in enumerate(draw(random.Random(seed), surfaces, n)):
         folder = tmp / f"case{i}"
         folder.mkdir()
         done = cases.run("nfl", ["fit", "--config", str(tmp / "tiny.yaml"), *BASE, *args], folder)
-        problem = check(done, " ".join(args))
-        print(f"case {i}: status {done['status']} in {done['seconds']:.1f} s {problem or 'ok'}: {' '.join(args)}")
-        if problem:
-            tail = "\n    ".join(done["stderr"].splitlines()[-6:])
-            failures.append(f"{' '.join(args)}: {problem}\n    {tail}")
+        judge(done, f"case {i}", " ".join(args), failures)
     return failures
+
+
+def judge(done: dict[str, Any], name: str, what: str, failures: list[str]) -> None:
+    """Print a case's verdict; add it, with the last lines of its stderr, to ``failures`` when it failed."""
+    problem = check(done, what)
+    print(f"{name}: status {done['status']} in {done['seconds']:.1f} s {problem or 'ok'}: {what}")
+    if problem:
+        tail = "\n    ".join(done["stderr"].splitlines()[-6:])
+        failures.append(f"{what}: {problem}\n    {tail}")
 
 
 def test_a_few_hostile_option_values(cases, tmp_path):
@@ -259,14 +264,9 @@ def fuzz_files(cases: Cases, tmp: Path, n: int, seed: int) -> list[str]:
         (tmp / f"atlas{i}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
         drawn.append(("nfl.report", ["--atlas", str(tmp / f"atlas{i}.yaml"), "--out", str(tmp / f"atlas{i}")], ROOT,
                       f"atlas file: {what}"))
-    failures = []
+    failures: list[str] = []
     for program, args, cwd, what in drawn:
-        done = cases.run(program, args, cwd)
-        problem = check(done, what)
-        print(f"{program}: status {done['status']} in {done['seconds']:.1f} s {problem or 'ok'}: {what}")
-        if problem:
-            tail = "\n    ".join(done["stderr"].splitlines()[-6:])
-            failures.append(f"{program} {what}: {problem}\n    {tail}")
+        judge(cases.run(program, args, cwd), program, f"{program} {what}", failures)
     return failures
 
 
