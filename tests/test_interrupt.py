@@ -25,7 +25,17 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
 
 
 def steps_logged(folder: Path) -> bool:
-    return any(folder.glob("**/events.out.tfevents.*")) and any(p.stat().st_size > 2000 for p in folder.glob("**/events.*"))
+    """Whether a training step's loss is in the folder's event files (not just the summaries a run writes at its
+    start, before the signal handlers are in place)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for path in folder.glob("**/events.out.tfevents.*"):
+        try:
+            if any(v.tag == "train/loss" for event in EventFileLoader(str(path)).Load() for v in event.summary.value):
+                return True
+        except Exception:  # noqa: BLE001 - a record still being written: look again later
+            continue
+    return False
 
 
 def interrupt_fit(tmp_path: Path, signum: int, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
